@@ -1,0 +1,172 @@
+//! The admin HTTP API (SPEC.md "Admin API"): Prometheus metrics, status, reload.
+//! Bound to loopback by default; it can change routes, so it is an operator's port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::api_versions;
+use crate::proxy::Proxy;
+
+#[derive(Clone)]
+struct AdminState {
+    proxy: Arc<Proxy>,
+    metrics: PrometheusHandle,
+}
+
+pub fn router(proxy: Arc<Proxy>, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .route("/routes", get(routes))
+        .route("/reload", post(reload))
+        .route("/switch/{kind}/{name}", post(not_yet))
+        .route("/rollback/{kind}/{name}", post(not_yet))
+        .with_state(AdminState { proxy, metrics })
+}
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy>,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(proxy, metrics))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+fn routes_json(proxy: &Proxy) -> Value {
+    let routes = proxy.routes();
+    json!({
+        "version": routes.version,
+        "default_cluster": routes.default_cluster,
+        "topics": routes.topics().iter().map(|t| json!({
+            "match": t.matcher.source(),
+            "produce": routes.produce_cluster(t.matcher.source()),
+            "consume": routes.consume_cluster(t.matcher.source()),
+            "rename": t.rename,
+        })).collect::<Vec<_>>(),
+        "groups": routes.groups().iter().map(|g| json!({
+            "match": g.matcher.source(),
+            "cluster": g.cluster,
+            "offsets": g.offsets.as_str(),
+            "when": g.when.as_str(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Everything an operator needs to see at a glance: routes, clusters, versions.
+pub fn status_json(proxy: &Proxy) -> Value {
+    let config = proxy.config();
+    let table = proxy.api_table();
+    let clusters: Vec<Value> = proxy
+        .clusters()
+        .map(|c| {
+            let ranges = c.api_ranges();
+            let version_of = |api: kafka_protocol::messages::ApiKey| {
+                ranges
+                    .as_ref()
+                    .and_then(|r| r.get(&(api as i16)).map(|(min, max)| json!([min, max])))
+            };
+            use kafka_protocol::messages::ApiKey;
+            json!({
+                "name": c.name(),
+                "reachable": c.reachable(),
+                "last_error": c.last_error(),
+                "upstream_cluster_id": c.upstream_cluster_id(),
+                "node_id_offset": c.config.node_id_offset,
+                "controller": c.controller(),
+                "broker_count": c.brokers().len(),
+                "brokers": c.brokers().values().map(|b| json!({
+                    "id": b.id,
+                    "virtual_id": b.id + c.config.node_id_offset,
+                    "upstream": b.addr(),
+                    "advertised": format!("{}:{}", config.listener.advertised_host,
+                        config.listener.broker_port_base as i32 + b.id + c.config.node_id_offset),
+                })).collect::<Vec<_>>(),
+                "version_range": {
+                    "Produce": version_of(ApiKey::Produce),
+                    "Fetch": version_of(ApiKey::Fetch),
+                    "Metadata": version_of(ApiKey::Metadata),
+                    "ListOffsets": version_of(ApiKey::ListOffsets),
+                    "OffsetFetch": version_of(ApiKey::OffsetFetch),
+                    "JoinGroup": version_of(ApiKey::JoinGroup),
+                },
+            })
+        })
+        .collect();
+    let advertised: serde_json::Map<String, Value> = table
+        .iter()
+        .filter_map(|(k, (min, max))| {
+            let api = kafka_protocol::messages::ApiKey::try_from(*k).ok()?;
+            Some((
+                crate::handlers::api_name(api).to_string(),
+                json!([min, max]),
+            ))
+        })
+        .collect();
+    json!({
+        "cluster_id": config.proxy.cluster_id,
+        "route_version": proxy.routes().version,
+        "listener": {
+            "bind": config.listener.bind.to_string(),
+            "advertised_host": config.listener.advertised_host,
+            "broker_port_base": config.listener.broker_port_base,
+        },
+        "clusters": clusters,
+        "routes": routes_json(proxy),
+        "advertised_api_versions": advertised,
+        "switches": [],
+        "api_versions_ready": api_versions::allowed(&table, kafka_protocol::messages::ApiKey::Metadata, 0),
+    })
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Value> {
+    Json(status_json(&s.proxy))
+}
+
+async fn routes(State(s): State<AdminState>) -> Json<Value> {
+    Json(routes_json(&s.proxy))
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    match s.proxy.reload() {
+        Ok(version) => (StatusCode::OK, Json(json!({"route_version": version}))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": e.0, "route_version": s.proxy.routes().version})),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_yet(Path((kind, name)): Path<(String, String)>) -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(json!({
+            "error": format!("switching {kind} `{name}` needs multi-cluster routing, which this build does not have yet; edit the config and POST /reload"),
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,299 @@
+//! What the proxy does with each API: answer it, forward it untouched, or forward it
+//! with a rewrite of the request and/or the response. One file per API family; every
+//! rewrite is a pure function over a decoded message so it is unit-tested without
+//! sockets.
+//!
+//! The supported set is an allowlist ([`SUPPORTED`]): an API not listed is not
+//! advertised in ApiVersions, and a client that sends it anyway is disconnected,
+//! because forwarding it blind could leak upstream broker ids or addresses.
+
+pub mod api_versions;
+pub mod configs;
+pub mod fetch;
+pub mod groups;
+pub mod metadata;
+pub mod offsets;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+
+use crate::codec::{self, DecodeError, RequestFrame};
+
+/// Maps upstream broker ids to the virtual brokers clients see, and back.
+#[derive(Debug, Clone)]
+pub struct VirtualMap {
+    pub node_id_offset: i32,
+    pub advertised_host: String,
+    pub broker_port_base: u16,
+    pub cluster_id: String,
+}
+
+impl VirtualMap {
+    /// Virtual id of an upstream broker id. Negative ids (none, unknown) stay as they are.
+    pub fn to_virtual(&self, upstream_id: i32) -> i32 {
+        if upstream_id < 0 {
+            upstream_id
+        } else {
+            upstream_id + self.node_id_offset
+        }
+    }
+
+    /// Upstream id of a virtual id, if the id belongs to this cluster's range.
+    pub fn to_upstream(&self, virtual_id: i32) -> Option<i32> {
+        (virtual_id >= self.node_id_offset).then(|| virtual_id - self.node_id_offset)
+    }
+
+    /// The port a virtual broker is advertised at.
+    pub fn port(&self, virtual_id: i32) -> i32 {
+        self.broker_port_base as i32 + virtual_id
+    }
+}
+
+/// How the proxy treats an API, and the highest version it handles correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Forwarded byte for byte in both directions.
+    Pass,
+    /// Forwarded; request and/or response rewritten.
+    Rewrite,
+    /// Answered by the proxy.
+    Local,
+}
+
+/// The APIs Switchyard handles, with the highest version it handles correctly.
+/// Caps hold clients at versions without topic ids (Fetch ≤ 12, Metadata ≤ 9) and
+/// without KIP-951 node endpoints (Produce ≤ 9), which would otherwise carry
+/// cluster-specific ids and real broker addresses to the client (PROTOCOL.md §5).
+pub const SUPPORTED: &[(ApiKey, i16, Treatment)] = &[
+    (ApiKey::Produce, 9, Treatment::Pass),
+    (ApiKey::Fetch, 12, Treatment::Rewrite),
+    (ApiKey::ListOffsets, 7, Treatment::Rewrite),
+    (ApiKey::Metadata, 9, Treatment::Rewrite),
+    (ApiKey::OffsetCommit, 8, Treatment::Rewrite),
+    (ApiKey::OffsetFetch, 8, Treatment::Rewrite),
+    (ApiKey::FindCoordinator, 4, Treatment::Rewrite),
+    (ApiKey::JoinGroup, 9, Treatment::Pass),
+    (ApiKey::Heartbeat, 4, Treatment::Pass),
+    (ApiKey::LeaveGroup, 5, Treatment::Pass),
+    (ApiKey::SyncGroup, 5, Treatment::Pass),
+    (ApiKey::DescribeGroups, 5, Treatment::Pass),
+    (ApiKey::ListGroups, 4, Treatment::Pass),
+    (ApiKey::ApiVersions, 3, Treatment::Local),
+    (ApiKey::CreateTopics, 7, Treatment::Pass),
+    (ApiKey::DeleteTopics, 6, Treatment::Pass),
+    (ApiKey::DeleteRecords, 2, Treatment::Pass),
+    (ApiKey::InitProducerId, 4, Treatment::Pass),
+    (ApiKey::OffsetForLeaderEpoch, 4, Treatment::Rewrite),
+    (ApiKey::AddPartitionsToTxn, 3, Treatment::Pass),
+    (ApiKey::AddOffsetsToTxn, 3, Treatment::Pass),
+    (ApiKey::EndTxn, 3, Treatment::Pass),
+    (ApiKey::TxnOffsetCommit, 3, Treatment::Rewrite),
+    (ApiKey::DescribeAcls, 3, Treatment::Pass),
+    (ApiKey::CreateAcls, 3, Treatment::Pass),
+    (ApiKey::DeleteAcls, 3, Treatment::Pass),
+    (ApiKey::DescribeConfigs, 4, Treatment::Rewrite),
+    (ApiKey::AlterConfigs, 2, Treatment::Rewrite),
+    (ApiKey::DescribeLogDirs, 4, Treatment::Pass),
+    (ApiKey::CreatePartitions, 3, Treatment::Rewrite),
+    (ApiKey::DeleteGroups, 2, Treatment::Pass),
+    (ApiKey::ElectLeaders, 2, Treatment::Pass),
+    (ApiKey::IncrementalAlterConfigs, 1, Treatment::Rewrite),
+    (ApiKey::OffsetDelete, 0, Treatment::Pass),
+    (ApiKey::DescribeCluster, 1, Treatment::Rewrite),
+    (ApiKey::DescribeProducers, 0, Treatment::Pass),
+    (ApiKey::DescribeTransactions, 0, Treatment::Pass),
+    (ApiKey::ListTransactions, 1, Treatment::Pass),
+];
+
+/// How the response to a forwarded request must be treated on its way back.
+#[derive(Debug, Clone)]
+pub enum ResponseRewrite {
+    None,
+    Metadata,
+    FindCoordinator,
+    DescribeCluster,
+    Fetch,
+    ListOffsets,
+    OffsetFetch,
+    /// Broker resource names in DescribeConfigs / AlterConfigs /
+    /// IncrementalAlterConfigs responses.
+    Configs,
+    /// The client asked OffsetForLeaderEpoch; the proxy sent ListOffsets(latest)
+    /// instead and answers from it (PROTOCOL.md §1).
+    EpochFromListOffsets(offsets::EpochQuery),
+}
+
+/// What to do with one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer the client with this response frame (no length prefix).
+    Respond(Bytes),
+    /// Send `frame` upstream. `response` is None when the upstream sends no answer
+    /// (Produce with acks=0).
+    Forward {
+        frame: Bytes,
+        response: Option<Forwarded>,
+    },
+}
+
+/// Bookkeeping for a forwarded request's response.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// API and version of the response the upstream will send (may differ from the
+    /// client's request when the proxy substituted a request).
+    pub upstream_api: ApiKey,
+    pub upstream_version: i16,
+    pub rewrite: ResponseRewrite,
+}
+
+/// Decides what to do with a request on a connection forwarding to a cluster mapped
+/// by `map`. Version checks were done by the caller.
+pub fn handle(frame: &RequestFrame, map: &VirtualMap) -> Result<Action, DecodeError> {
+    let pass = |rewrite: ResponseRewrite| Action::Forward {
+        frame: frame.bytes.clone(),
+        response: Some(Forwarded {
+            upstream_api: frame.api,
+            upstream_version: frame.version(),
+            rewrite,
+        }),
+    };
+    Ok(match frame.api {
+        ApiKey::Produce => {
+            if codec::produce_acks(frame) == Some(0) {
+                Action::Forward {
+                    frame: frame.bytes.clone(),
+                    response: None,
+                }
+            } else {
+                pass(ResponseRewrite::None)
+            }
+        }
+        ApiKey::Fetch => {
+            let bytes = fetch::rewrite_request_frame(frame)?;
+            Action::Forward {
+                frame: bytes,
+                response: Some(Forwarded {
+                    upstream_api: frame.api,
+                    upstream_version: frame.version(),
+                    rewrite: ResponseRewrite::Fetch,
+                }),
+            }
+        }
+        ApiKey::ListOffsets => Action::Forward {
+            frame: offsets::rewrite_list_offsets_request(frame)?,
+            response: Some(Forwarded {
+                upstream_api: frame.api,
+                upstream_version: frame.version(),
+                rewrite: ResponseRewrite::ListOffsets,
+            }),
+        },
+        ApiKey::OffsetCommit => Action::Forward {
+            frame: offsets::rewrite_offset_commit_request(frame)?,
+            response: Some(Forwarded {
+                upstream_api: frame.api,
+                upstream_version: frame.version(),
+                rewrite: ResponseRewrite::None,
+            }),
+        },
+        ApiKey::TxnOffsetCommit => Action::Forward {
+            frame: offsets::rewrite_txn_offset_commit_request(frame)?,
+            response: Some(Forwarded {
+                upstream_api: frame.api,
+                upstream_version: frame.version(),
+                rewrite: ResponseRewrite::None,
+            }),
+        },
+        ApiKey::OffsetFetch => pass(ResponseRewrite::OffsetFetch),
+        ApiKey::OffsetForLeaderEpoch => {
+            let (bytes, query, version) = offsets::epoch_request_as_list_offsets(frame)?;
+            Action::Forward {
+                frame: bytes,
+                response: Some(Forwarded {
+                    upstream_api: ApiKey::ListOffsets,
+                    upstream_version: version,
+                    rewrite: ResponseRewrite::EpochFromListOffsets(query),
+                }),
+            }
+        }
+        ApiKey::Metadata => pass(ResponseRewrite::Metadata),
+        ApiKey::FindCoordinator => pass(ResponseRewrite::FindCoordinator),
+        ApiKey::DescribeCluster => pass(ResponseRewrite::DescribeCluster),
+        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            Action::Forward {
+                frame: configs::rewrite_request_frame(frame, map)?,
+                response: Some(Forwarded {
+                    upstream_api: frame.api,
+                    upstream_version: frame.version(),
+                    rewrite: ResponseRewrite::Configs,
+                }),
+            }
+        }
+        ApiKey::CreatePartitions => Action::Forward {
+            frame: configs::rewrite_create_partitions_frame(frame, map)?,
+            response: Some(Forwarded {
+                upstream_api: frame.api,
+                upstream_version: frame.version(),
+                rewrite: ResponseRewrite::None,
+            }),
+        },
+        _ => pass(ResponseRewrite::None),
+    })
+}
+
+/// Turns an upstream response into the response the client gets. `client_version`
+/// is the version the client asked with; `frame` is the upstream response without
+/// its length prefix.
+pub fn rewrite_response(
+    fwd: &Forwarded,
+    client_api: ApiKey,
+    client_version: i16,
+    frame: Bytes,
+    map: &VirtualMap,
+) -> Result<Bytes, DecodeError> {
+    let (api, version) = (fwd.upstream_api, fwd.upstream_version);
+    match &fwd.rewrite {
+        ResponseRewrite::None => Ok(frame),
+        ResponseRewrite::Metadata => metadata::rewrite_metadata_frame(frame, version, map),
+        ResponseRewrite::FindCoordinator => {
+            groups::rewrite_find_coordinator_frame(frame, version, map)
+        }
+        ResponseRewrite::DescribeCluster => {
+            metadata::rewrite_describe_cluster_frame(frame, version, map)
+        }
+        ResponseRewrite::Fetch => fetch::rewrite_response_frame(frame, version, map),
+        ResponseRewrite::ListOffsets => offsets::rewrite_list_offsets_frame(frame, version),
+        ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
+        ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
+        ResponseRewrite::EpochFromListOffsets(query) => {
+            offsets::epoch_response_from_list_offsets(frame, version, client_version, query).map(
+                |b| {
+                    debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
+                    b
+                },
+            )
+        }
+    }
+}
+
+/// Name of an API for metrics and logs ("Produce", "Fetch", ...), without allocating
+/// per request.
+pub fn api_name(api: ApiKey) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static NAMES: OnceLock<HashMap<i16, &'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        ApiKey::iter()
+            .map(|k| (k as i16, &*Box::leak(format!("{k:?}").into_boxed_str())))
+            .collect()
+    })[&(api as i16)]
+}
+
+#[cfg(test)]
+pub(crate) fn test_map() -> VirtualMap {
+    VirtualMap {
+        node_id_offset: 1000,
+        advertised_host: "proxy.local".into(),
+        broker_port_base: 9100,
+        cluster_id: "switchyard".into(),
+    }
+}

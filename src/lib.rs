@@ -1,0 +1,33 @@
+//! Switchyard: a Kafka protocol proxy for moving client applications from one Kafka
+//! cluster to another without redeploying them.
+//!
+//! Clients point `bootstrap.servers` at the proxy once. The proxy answers ApiVersions
+//! itself, rewrites Metadata so clients only ever see virtual brokers, and forwards
+//! every other request to the one upstream broker a virtual broker stands for,
+//! decoding only what must change.
+//!
+//! # Layout
+//!
+//! - [`config`]: TOML + environment → validated [`config::Config`], every error at once.
+//! - [`routes`]: the immutable, versioned routing table.
+//! - [`proxy`]: shared run-time state (config, routes, clusters, API table) behind `ArcSwap`.
+//! - [`listener`]: accept loops for the bootstrap port and one port per virtual broker.
+//! - [`connection`]: one reader/pump task pair per client socket; ordering, backpressure.
+//! - [`codec`]: framing and header decoding; no I/O.
+//! - [`handlers`]: one file per API family; what to answer, forward or rewrite.
+//! - [`upstream`]: connections to brokers, and each cluster's brokers and API versions.
+//! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`).
+//! - [`metrics`]: every metric name, in one place.
+//! - [`server`]: wires the above together and runs until shutdown.
+
+pub mod admin;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod handlers;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,129 @@
+//! Accept loops: the bootstrap listener and, in port mode, one listener per virtual
+//! broker (`broker_port_base + virtual id`, DESIGN.md decision 1). Listeners for new
+//! brokers are opened as the clusters report them. Accepting never waits on a
+//! client: each socket is handed to its own task at once, under a connection limit.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, Target};
+use crate::proxy::Proxy;
+
+pub struct Listeners {
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    limit: Arc<Semaphore>,
+    bound: Mutex<BTreeSet<i32>>,
+}
+
+impl Listeners {
+    pub fn new(proxy: Arc<Proxy>, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Self> {
+        let limit = Arc::new(Semaphore::new(proxy.config().proxy.max_connections));
+        Arc::new(Listeners {
+            proxy,
+            shutdown,
+            tracker,
+            limit,
+            bound: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Binds the bootstrap address. Failing to bind it is fatal for the caller.
+    pub async fn bind_bootstrap(self: &Arc<Self>) -> std::io::Result<SocketAddr> {
+        let addr = self.proxy.config().listener.bind;
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tracing::info!(%local, "bootstrap listener bound");
+        self.spawn_accept(listener, "bootstrap".to_string(), Target::Bootstrap);
+        Ok(local)
+    }
+
+    /// Opens a listener for every known broker of every cluster that lacks one.
+    pub async fn ensure_broker_listeners(self: &Arc<Self>) {
+        let config = self.proxy.config();
+        let ip = config.listener.bind.ip();
+        let base = config.listener.broker_port_base as i32;
+        let mut bound = self.bound.lock().await;
+        for cluster in self.proxy.clusters() {
+            for id in cluster.brokers().keys() {
+                let vid = id + cluster.config.node_id_offset;
+                if bound.contains(&vid) {
+                    continue;
+                }
+                let port = base + vid;
+                let Ok(port) = u16::try_from(port) else {
+                    tracing::error!(
+                        cluster = cluster.name(),
+                        broker = id,
+                        vid,
+                        "virtual broker port out of range; broker unreachable through the proxy"
+                    );
+                    continue;
+                };
+                match TcpListener::bind(SocketAddr::new(ip, port)).await {
+                    Ok(l) => {
+                        tracing::info!(
+                            cluster = cluster.name(),
+                            broker = id,
+                            virtual_id = vid,
+                            port,
+                            "virtual broker listener bound"
+                        );
+                        bound.insert(vid);
+                        self.spawn_accept(
+                            l,
+                            format!("broker-{vid}"),
+                            Target::Broker { virtual_id: vid },
+                        );
+                    }
+                    Err(e) => {
+                        // Retried on the next refresh.
+                        tracing::error!(cluster = cluster.name(), broker = id, virtual_id = vid, port, error = %e, "cannot bind virtual broker listener");
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_accept(self: &Arc<Self>, listener: TcpListener, name: String, target: Target) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = this.shutdown.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly
+                        // rather than spin.
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = this.limit.clone().try_acquire_owned() else {
+                    tracing::warn!(listener = %name, %peer, "connection limit reached; closing new connection");
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let proxy = this.proxy.clone();
+                let shutdown = this.shutdown.clone();
+                let name = name.clone();
+                let target = target.clone();
+                this.tracker.spawn(async move {
+                    connection::serve(proxy, socket, peer, name, target, shutdown).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,63 @@
+//! Every metric name Switchyard exports, in one place (SPEC.md "Metric names").
+//!
+//! Call sites use the helpers below rather than spelling names, so a rename is one
+//! edit and a typo is a compile error.
+
+use metrics::{counter, gauge, histogram};
+
+pub const CONNECTIONS: &str = "switchyard_connections";
+pub const CONNECTIONS_TOTAL: &str = "switchyard_connections_total";
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const BYTES_TOTAL: &str = "switchyard_bytes_total";
+pub const ROUTE_VERSION: &str = "switchyard_route_version";
+pub const RELOADS_TOTAL: &str = "switchyard_reloads_total";
+pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
+pub const SWITCH_PHASE: &str = "switchyard_switch_phase";
+pub const GROUP_LAG: &str = "switchyard_group_lag";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
+/// Frames rejected before reaching any handler (malformed, oversize, unsupported).
+pub const REJECTED_FRAMES_TOTAL: &str = "switchyard_rejected_frames_total";
+
+/// Buckets for request latency: 100 µs to ~30 s. Kafka fetches long-poll for up to
+/// `fetch.max.wait.ms` (500 ms by default), so the top buckets matter.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+pub fn connection_opened(listener: &str) {
+    gauge!(CONNECTIONS, "listener" => listener.to_string()).increment(1.0);
+    counter!(CONNECTIONS_TOTAL, "listener" => listener.to_string()).increment(1);
+}
+
+pub fn connection_closed(listener: &str) {
+    gauge!(CONNECTIONS, "listener" => listener.to_string()).decrement(1.0);
+}
+
+pub fn request(api: &'static str, cluster: &str, outcome: &'static str, seconds: f64) {
+    counter!(REQUESTS_TOTAL, "api" => api, "cluster" => cluster.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!(REQUEST_DURATION, "api" => api, "cluster" => cluster.to_string()).record(seconds);
+}
+
+pub fn bytes(direction: &'static str, cluster: &str, n: usize) {
+    counter!(BYTES_TOTAL, "direction" => direction, "cluster" => cluster.to_string())
+        .increment(n as u64);
+}
+
+pub fn upstream_error(cluster: &str, kind: &'static str) {
+    counter!(UPSTREAM_ERRORS_TOTAL, "cluster" => cluster.to_string(), "kind" => kind).increment(1);
+}
+
+pub fn rejected_frame(reason: &'static str) {
+    counter!(REJECTED_FRAMES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn route_version(version: u64) {
+    gauge!(ROUTE_VERSION).set(version as f64);
+}
+
+pub fn reload(outcome: &'static str) {
+    counter!(RELOADS_TOTAL, "outcome" => outcome).increment(1);
+}

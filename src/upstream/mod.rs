@@ -1,0 +1,365 @@
+//! Connections to the brokers of each upstream cluster, and what the proxy knows about
+//! each cluster: its brokers (from Metadata) and the API versions it supports (from
+//! ApiVersions), refreshed in the background with backoff while a cluster is down.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::codec;
+use crate::config::ClusterConfig;
+use crate::metrics;
+
+/// Why talking to an upstream broker failed. All of these are the upstream's side:
+/// clients see a closed connection or a retriable error, never a hang.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("i/o with {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr} answered with an unreadable response: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("no broker of cluster `{0}` is reachable")]
+    NoBroker(String),
+}
+
+impl UpstreamError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Io { .. } => "io",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::NoBroker(_) => "no_broker",
+        }
+    }
+}
+
+/// Opens a TCP connection to a broker, bounded by `timeout`.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            // Kafka frames are small and latency-sensitive; never wait for Nagle.
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(source)) => Err(UpstreamError::Connect {
+            addr: addr.to_string(),
+            source,
+        }),
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            addr: addr.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+/// Sends one request on `stream` and reads its response. Used for the proxy's own
+/// requests (discovery), never on a client's connection.
+pub async fn round_trip<Req: Encodable, Resp: Decodable>(
+    stream: &mut TcpStream,
+    addr: &str,
+    api: ApiKey,
+    version: i16,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, UpstreamError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("switchyard")));
+    let frame = codec::encode_request(api, &header, body).map_err(|e| UpstreamError::Protocol {
+        addr: addr.into(),
+        reason: e.to_string(),
+    })?;
+    let io = |source| UpstreamError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let exchange =
+        async {
+            let mut out = BytesMut::new();
+            codec::put_frame(&mut out, &frame);
+            stream.write_all(&out).await.map_err(io)?;
+            let len = stream.read_i32().await.map_err(io)?;
+            if !(4..=64 * 1024 * 1024).contains(&len) {
+                return Err(UpstreamError::Protocol {
+                    addr: addr.into(),
+                    reason: format!("response length {len}"),
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
+            stream.read_exact(&mut buf).await.map_err(io)?;
+            let (_, resp) = codec::decode_response::<Resp>(api, version, Bytes::from(buf))
+                .map_err(|e| UpstreamError::Protocol {
+                    addr: addr.into(),
+                    reason: e.to_string(),
+                })?;
+            Ok(resp)
+        };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Io {
+                addr: addr.into(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"),
+            })
+        })
+}
+
+/// An upstream broker as the cluster reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+impl BrokerAddr {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Supported version range per API key, as one cluster's brokers advertise it (the
+/// intersection over the brokers the proxy has asked).
+pub type ApiRanges = BTreeMap<i16, (i16, i16)>;
+
+/// What the proxy knows about one upstream cluster.
+pub struct ClusterView {
+    pub config: ClusterConfig,
+    brokers: ArcSwap<BTreeMap<i32, BrokerAddr>>,
+    api_ranges: ArcSwap<Option<ApiRanges>>,
+    controller: AtomicI32,
+    reachable: AtomicBool,
+    last_error: ArcSwap<Option<String>>,
+    upstream_cluster_id: ArcSwap<Option<String>>,
+}
+
+impl ClusterView {
+    pub fn new(config: ClusterConfig) -> ClusterView {
+        ClusterView {
+            config,
+            brokers: ArcSwap::from_pointee(BTreeMap::new()),
+            api_ranges: ArcSwap::from_pointee(None),
+            controller: AtomicI32::new(-1),
+            reachable: AtomicBool::new(false),
+            last_error: ArcSwap::from_pointee(None),
+            upstream_cluster_id: ArcSwap::from_pointee(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn brokers(&self) -> Arc<BTreeMap<i32, BrokerAddr>> {
+        self.brokers.load_full()
+    }
+
+    pub fn broker(&self, id: i32) -> Option<BrokerAddr> {
+        self.brokers.load().get(&id).cloned()
+    }
+
+    pub fn api_ranges(&self) -> Option<ApiRanges> {
+        (**self.api_ranges.load()).clone()
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    pub fn controller(&self) -> i32 {
+        self.controller.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        (**self.last_error.load()).clone()
+    }
+
+    pub fn upstream_cluster_id(&self) -> Option<String> {
+        (**self.upstream_cluster_id.load()).clone()
+    }
+
+    /// Addresses to try, known brokers first (they reflect the live cluster), then the
+    /// configured bootstrap list.
+    pub fn candidate_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.brokers.load().values().map(|b| b.addr()).collect();
+        for b in &self.config.bootstrap {
+            if !addrs.contains(b) {
+                addrs.push(b.clone());
+            }
+        }
+        addrs
+    }
+
+    /// Learns brokers from a Metadata response that passed through the proxy.
+    /// Returns true when the broker set changed.
+    pub fn observe_brokers(&self, brokers: &[BrokerAddr]) -> bool {
+        if brokers.is_empty() {
+            return false;
+        }
+        let new: BTreeMap<i32, BrokerAddr> = brokers.iter().map(|b| (b.id, b.clone())).collect();
+        let current = self.brokers.load();
+        // Brokers that are down drop out of Metadata; keep their address so clients
+        // holding an old leader still reach a listener that answers (and fails over).
+        let mut merged = (**current).clone();
+        let mut changed = false;
+        for (id, b) in new {
+            if merged.get(&id) != Some(&b) {
+                merged.insert(id, b);
+                changed = true;
+            }
+        }
+        if changed {
+            self.brokers.store(Arc::new(merged));
+        }
+        changed
+    }
+
+    /// Asks the cluster for its brokers and API versions. Tries every candidate
+    /// address until one answers.
+    pub async fn refresh(&self, timeout: Duration) -> Result<(), UpstreamError> {
+        let mut last = UpstreamError::NoBroker(self.name().to_string());
+        for addr in self.candidate_addrs() {
+            match self.refresh_from(&addr, timeout).await {
+                Ok(()) => {
+                    self.reachable.store(true, Ordering::Relaxed);
+                    self.last_error.store(Arc::new(None));
+                    return Ok(());
+                }
+                Err(e) => {
+                    metrics::upstream_error(self.name(), e.kind());
+                    last = e;
+                }
+            }
+        }
+        self.reachable.store(false, Ordering::Relaxed);
+        self.last_error.store(Arc::new(Some(last.to_string())));
+        Err(last)
+    }
+
+    async fn refresh_from(&self, addr: &str, timeout: Duration) -> Result<(), UpstreamError> {
+        let mut stream = connect(addr, timeout).await?;
+        // v0 is understood by every broker; newer versions add nothing the proxy
+        // needs for discovery.
+        let versions: ApiVersionsResponse = round_trip(
+            &mut stream,
+            addr,
+            ApiKey::ApiVersions,
+            0,
+            &ApiVersionsRequest::default(),
+            timeout,
+        )
+        .await?;
+        if versions.error_code != 0 {
+            return Err(UpstreamError::Protocol {
+                addr: addr.into(),
+                reason: format!("ApiVersions error {}", versions.error_code),
+            });
+        }
+        let ranges: ApiRanges = versions
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        let metadata_version = ranges
+            .get(&(ApiKey::Metadata as i16))
+            .map(|r| r.1.min(9))
+            .unwrap_or(1);
+        let metadata: MetadataResponse = round_trip(
+            &mut stream,
+            addr,
+            ApiKey::Metadata,
+            metadata_version,
+            &MetadataRequest::default().with_topics(Some(vec![])),
+            timeout,
+        )
+        .await?;
+        let brokers: BTreeMap<i32, BrokerAddr> = metadata
+            .brokers
+            .iter()
+            .map(|b| {
+                (
+                    b.node_id.0,
+                    BrokerAddr {
+                        id: b.node_id.0,
+                        host: b.host.to_string(),
+                        port: b.port,
+                        rack: b.rack.as_ref().map(|r| r.to_string()),
+                    },
+                )
+            })
+            .collect();
+        if brokers.is_empty() {
+            return Err(UpstreamError::Protocol {
+                addr: addr.into(),
+                reason: "metadata lists no brokers".into(),
+            });
+        }
+        // Merge: keep brokers that are temporarily absent (down) so their virtual
+        // listeners stay; a broker's address is replaced when it changes.
+        let mut merged = (**self.brokers.load()).clone();
+        merged.extend(brokers);
+        self.brokers.store(Arc::new(merged));
+        self.controller
+            .store(metadata.controller_id.0, Ordering::Relaxed);
+        self.upstream_cluster_id.store(Arc::new(
+            metadata.cluster_id.as_ref().map(|c| c.to_string()),
+        ));
+        // Brokers of one cluster can run different versions during a rolling
+        // upgrade: keep the intersection of everything seen.
+        let merged_ranges = match &**self.api_ranges.load() {
+            Some(old) => intersect_ranges(old, &ranges),
+            None => ranges,
+        };
+        self.api_ranges.store(Arc::new(Some(merged_ranges)));
+        Ok(())
+    }
+}
+
+/// Per-API intersection of two range maps; APIs missing from either side are dropped.
+pub fn intersect_ranges(a: &ApiRanges, b: &ApiRanges) -> ApiRanges {
+    a.iter()
+        .filter_map(|(k, (amin, amax))| {
+            let (bmin, bmax) = b.get(k)?;
+            let (min, max) = ((*amin).max(*bmin), (*amax).min(*bmax));
+            (min <= max).then_some((*k, (min, max)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_intersection_drops_disjoint_and_missing() {
+        let a: ApiRanges = [(0, (0, 8)), (1, (0, 11)), (3, (0, 9)), (68, (0, 1))].into();
+        let b: ApiRanges = [(0, (3, 9)), (1, (12, 13)), (3, (0, 12))].into();
+        let c = intersect_ranges(&a, &b);
+        assert_eq!(c, [(0, (3, 8)), (3, (0, 9))].into());
+    }
+}
