@@ -20,6 +20,8 @@ pub enum FrameError {
     Oversize { len: usize, max: usize },
     #[error("frame of {0} bytes is too short for a request header")]
     TooShort(usize),
+    #[error("connection closed mid-frame with {0} bytes of an incomplete frame buffered")]
+    Truncated(usize),
     #[error("unknown api key {0}")]
     UnknownApiKey(i16),
     #[error("malformed request header for api key {api_key} version {version}: {reason}")]

@@ -50,6 +50,8 @@ pub enum ConnectionError {
     Unsupported { api: ApiKey, version: i16 },
     #[error("client request could not be decoded: {0}")]
     Decode(#[from] codec::DecodeError),
+    #[error("response could not be rewritten: {0}")]
+    Rewrite(codec::DecodeError),
     #[error("client i/o: {0}")]
     ClientIo(std::io::Error),
     #[error("upstream: {0}")]
@@ -72,6 +74,7 @@ impl ConnectionError {
             | ConnectionError::Unsupported { .. }
             | ConnectionError::Decode(_)
             | ConnectionError::ClientIo(_) => "downstream",
+            ConnectionError::Rewrite(_) => "proxy",
             ConnectionError::Upstream(_)
             | ConnectionError::UpstreamClosed { .. }
             | ConnectionError::CorrelationMismatch { .. } => "upstream",
@@ -311,7 +314,7 @@ where
                     Ok(0) => {
                         if !buf.is_empty() {
                             metrics::rejected_frame("truncated");
-                            return Err(ConnectionError::Frame(FrameError::TooShort(buf.len())));
+                            return Err(ConnectionError::Frame(FrameError::Truncated(buf.len())));
                         }
                         return Ok(());
                     }
@@ -328,6 +331,7 @@ fn reject_reason(e: &FrameError) -> &'static str {
         FrameError::NegativeLength(_) => "negative_length",
         FrameError::Oversize { .. } => "oversize",
         FrameError::TooShort(_) => "too_short",
+        FrameError::Truncated(_) => "truncated",
         FrameError::UnknownApiKey(_) => "unknown_api_key",
         FrameError::BadHeader { .. } => "bad_header",
     }
@@ -416,7 +420,7 @@ where
                         // The upstream sent something the proxy cannot read; the
                         // client cannot be given a half-rewritten answer.
                         metrics::upstream_error(&cluster, "decode");
-                        return Err(ConnectionError::Decode(e));
+                        return Err(ConnectionError::Rewrite(e));
                     }
                 }
             }

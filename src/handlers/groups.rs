@@ -11,9 +11,14 @@ use crate::codec::{self, DecodeError};
 
 /// Rewrites a FindCoordinator response in place: both the single-key form (v0–v3)
 /// and the batched `coordinators` list (v4+).
-pub fn rewrite_find_coordinator(resp: &mut FindCoordinatorResponse, map: &VirtualMap) {
+pub fn rewrite_find_coordinator(
+    resp: &mut FindCoordinatorResponse,
+    version: i16,
+    map: &VirtualMap,
+) {
     let host = StrBytes::from_string(map.advertised_host.clone());
-    if resp.node_id.0 >= 0 {
+    // v4+ has only the batched list; the single-key fields must stay at defaults.
+    if version < 4 && resp.node_id.0 >= 0 {
         resp.node_id.0 = map.to_virtual(resp.node_id.0);
         resp.host = host.clone();
         resp.port = map.port(resp.node_id.0);
@@ -34,7 +39,7 @@ pub fn rewrite_find_coordinator_frame(
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<FindCoordinatorResponse>(ApiKey::FindCoordinator, version, frame)?;
-    rewrite_find_coordinator(&mut resp, map);
+    rewrite_find_coordinator(&mut resp, version, map);
     codec::encode_response(
         ApiKey::FindCoordinator,
         version,
@@ -68,7 +73,7 @@ mod tests {
                     .with_node_id(BrokerId(-1))
                     .with_error_code(15),
             ]);
-        rewrite_find_coordinator(&mut r, &test_map());
+        rewrite_find_coordinator(&mut r, 3, &test_map());
         assert_eq!(
             (r.node_id.0, r.host.as_str(), r.port),
             (1002, "proxy.local", 10102)
@@ -80,5 +85,21 @@ mod tests {
         );
         assert_eq!(r.coordinators[1].node_id.0, -1);
         assert_eq!(r.coordinators[1].host.as_str(), "");
+    }
+
+    #[test]
+    fn v4_response_round_trips() {
+        let r = FindCoordinatorResponse::default().with_coordinators(vec![Coordinator::default()
+            .with_key(StrBytes::from_static_str("g1"))
+            .with_node_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("kafka-1"))
+            .with_port(9092)]);
+        let frame = codec::encode_response(ApiKey::FindCoordinator, 4, 8, &r).unwrap();
+        let out = rewrite_find_coordinator_frame(frame, 4, &test_map()).unwrap();
+        let (_, back) =
+            codec::decode_response::<FindCoordinatorResponse>(ApiKey::FindCoordinator, 4, out)
+                .unwrap();
+        assert_eq!(back.coordinators[0].node_id.0, 1001);
+        assert_eq!(back.coordinators[0].port, 10101);
     }
 }

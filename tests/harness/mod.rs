@@ -1,0 +1,657 @@
+//! Real-Kafka test harness (TESTING.md): Apache Kafka brokers started from Maven
+//! Central jars with plain `java -cp`, the `switchyard` binary in front of them, and
+//! client drivers written by other people (Java kafka-clients, librdkafka, franz-go).
+//!
+//! Every process is started under `tests/kafka/guard.sh`, which kills it when the
+//! test binary exits, even when a test panics or the harness is killed: statics are
+//! never dropped by the test runner, so Drop alone would leak brokers.
+
+#![allow(dead_code)]
+
+pub mod rdk;
+pub mod scenarios;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Serializes scenarios inside one test binary: on 2 cores, three clients and six
+/// brokers at once starve each other into timeouts.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A scratch directory under target/, removed of stale runs on first use.
+pub fn scratch(name: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let base = repo().join("target").join("harness");
+        let _ = std::fs::create_dir_all(&base);
+        // Remove directories of earlier runs whose process is gone.
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let pid = e.file_name().to_string_lossy().to_string();
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A base port such that base+0..base+span are all free right now.
+pub fn free_port_range(span: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20000 + (rand_u32() % 30000) as u16;
+        let ok = (0..span).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free port range of {span}");
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
+    h.finish() as u32
+}
+
+/// Starts `cmd` under the guard script so it dies with this process.
+fn spawn_guarded(program: &str, args: &[String], log: &Path, envs: &[(&str, String)]) -> Child {
+    let guard = repo().join("tests/kafka/guard.sh");
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(guard)
+        .arg(std::process::id().to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Resolves (once) and returns the Maven classpath of a project under tests/.
+pub fn classpath(project: &str) -> String {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = repo().join(project);
+    let file = dir.join("classpath.txt");
+    if !file.exists() {
+        run_ok(
+            Command::new("mvn").current_dir(&dir).args([
+                "-q",
+                "-B",
+                "dependency:build-classpath",
+                "-Dmdep.outputFile=classpath.txt",
+            ]),
+            &format!("mvn dependency:build-classpath in {project}"),
+        );
+    }
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaVersion {
+    /// Apache Kafka 2.4.1 with ZooKeeper: the source clusters in the field.
+    V2_4,
+    /// Apache Kafka 3.9 in KRaft mode.
+    V3,
+}
+
+impl KafkaVersion {
+    fn project(self) -> &'static str {
+        match self {
+            KafkaVersion::V2_4 => "tests/kafka/kafka-2.4.1",
+            KafkaVersion::V3 => "tests/kafka/kafka-3",
+        }
+    }
+}
+
+struct Broker {
+    id: i32,
+    port: u16,
+    props: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running Apache Kafka cluster on loopback.
+pub struct Cluster {
+    pub version: KafkaVersion,
+    pub dir: PathBuf,
+    classpath: String,
+    brokers: Mutex<Vec<Broker>>,
+    zookeeper: Mutex<Option<Child>>,
+}
+
+const JVM_OPTS: &[&str] = &[
+    "-Xmx384m",
+    "-Xms64m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.awt.headless=true",
+    "-Dzookeeper.admin.enableServer=false",
+];
+
+fn log4j(dir: &Path) -> PathBuf {
+    let path = dir.join("log4j.properties");
+    std::fs::write(
+        &path,
+        "log4j.rootLogger=WARN, stdout\n\
+         log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n\
+         log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n\
+         log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n\
+         log4j.logger.kafka.server.KafkaServer=INFO\n\
+         log4j.logger.kafka.server.KafkaRaftServer=INFO\n\
+         log4j.logger.kafka.controller=WARN\n\
+         log4j.logger.state.change.logger=WARN\n",
+    )
+    .unwrap();
+    path
+}
+
+impl Cluster {
+    /// Starts a cluster of `n` brokers and waits until all are in its metadata.
+    pub fn start(version: KafkaVersion, n: usize, name: &str) -> Cluster {
+        let classpath = classpath(version.project());
+        let dir = scratch(name);
+        let log4j = log4j(&dir);
+        let mut brokers = Vec::new();
+        let mut zookeeper = None;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let rf = n.min(3);
+        let min_isr = if n >= 3 { 2 } else { 1 };
+        let common = format!(
+            "offsets.topic.replication.factor={rf}\n\
+             offsets.topic.num.partitions=10\n\
+             transaction.state.log.replication.factor={rf}\n\
+             transaction.state.log.min.isr={min_isr}\n\
+             transaction.state.log.num.partitions=5\n\
+             default.replication.factor={rf}\n\
+             group.initial.rebalance.delay.ms=0\n\
+             auto.create.topics.enable=false\n\
+             num.network.threads=2\n\
+             num.io.threads=4\n\
+             log.flush.interval.messages=100000000\n\
+             log.retention.check.interval.ms=600000\n\
+             delete.topic.enable=true\n"
+        );
+        match version {
+            KafkaVersion::V2_4 => {
+                let zk_port = free_port();
+                let zk_dir = dir.join("zk");
+                std::fs::create_dir_all(&zk_dir).unwrap();
+                let mut args: Vec<String> = JVM_OPTS.iter().map(|s| s.to_string()).collect();
+                args.extend([
+                    format!("-Dlog4j.configuration=file:{}", log4j.display()),
+                    "-cp".into(),
+                    classpath.clone(),
+                    "org.apache.zookeeper.server.ZooKeeperServerMain".into(),
+                    zk_port.to_string(),
+                    zk_dir.display().to_string(),
+                ]);
+                zookeeper = Some(spawn_guarded("java", &args, &dir.join("zk.log"), &[]));
+                wait_port(zk_port, Duration::from_secs(60), "zookeeper");
+                for (i, port) in ports.iter().enumerate() {
+                    let id = i as i32 + 1;
+                    let props = dir.join(format!("broker-{id}.properties"));
+                    std::fs::write(
+                        &props,
+                        format!(
+                            "broker.id={id}\n\
+                             listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                             zookeeper.connect=127.0.0.1:{zk_port}\n\
+                             zookeeper.connection.timeout.ms=30000\n\
+                             log.dirs={}\n{common}",
+                            dir.join(format!("data-{id}")).display()
+                        ),
+                    )
+                    .unwrap();
+                    brokers.push(Broker {
+                        id,
+                        port: *port,
+                        props,
+                        log: dir.join(format!("broker-{id}.log")),
+                        child: None,
+                    });
+                }
+            }
+            KafkaVersion::V3 => {
+                let controller_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+                let voters = controller_ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let cluster_id = run_ok(
+                    Command::new("java").args([
+                        "-cp",
+                        &classpath,
+                        "kafka.tools.StorageTool",
+                        "random-uuid",
+                    ]),
+                    "StorageTool random-uuid",
+                )
+                .trim()
+                .to_string();
+                for (i, port) in ports.iter().enumerate() {
+                    let id = i as i32 + 1;
+                    let props = dir.join(format!("broker-{id}.properties"));
+                    std::fs::write(
+                        &props,
+                        format!(
+                            "process.roles=broker,controller\n\
+                             node.id={id}\n\
+                             controller.quorum.voters={voters}\n\
+                             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{}\n\
+                             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                             controller.listener.names=CONTROLLER\n\
+                             inter.broker.listener.name=PLAINTEXT\n\
+                             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                             log.dirs={}\n{common}",
+                            controller_ports[i],
+                            dir.join(format!("data-{id}")).display()
+                        ),
+                    )
+                    .unwrap();
+                    run_ok(
+                        Command::new("java").args([
+                            "-cp",
+                            &classpath,
+                            &format!("-Dlog4j.configuration=file:{}", log4j.display()),
+                            "kafka.tools.StorageTool",
+                            "format",
+                            "-t",
+                            &cluster_id,
+                            "-c",
+                            &props.display().to_string(),
+                        ]),
+                        "StorageTool format",
+                    );
+                    brokers.push(Broker {
+                        id,
+                        port: *port,
+                        props,
+                        log: dir.join(format!("broker-{id}.log")),
+                        child: None,
+                    });
+                }
+            }
+        }
+        let cluster = Cluster {
+            version,
+            dir,
+            classpath,
+            brokers: Mutex::new(brokers),
+            zookeeper: Mutex::new(zookeeper),
+        };
+        let ids: Vec<i32> = cluster
+            .brokers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        for id in ids {
+            cluster.start_broker(id);
+        }
+        cluster.wait_brokers(n, Duration::from_secs(180));
+        cluster
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| format!("127.0.0.1:{}", b.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn bootstrap_list(&self) -> Vec<String> {
+        self.bootstrap().split(',').map(String::from).collect()
+    }
+
+    pub fn broker_ids(&self) -> Vec<i32> {
+        self.brokers.lock().unwrap().iter().map(|b| b.id).collect()
+    }
+
+    pub fn start_broker(&self, id: i32) {
+        let mut brokers = self.brokers.lock().unwrap();
+        let b = brokers.iter_mut().find(|b| b.id == id).unwrap();
+        let mut args: Vec<String> = JVM_OPTS.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            format!(
+                "-Dlog4j.configuration=file:{}",
+                self.dir.join("log4j.properties").display()
+            ),
+            "-cp".into(),
+            self.classpath.clone(),
+            "kafka.Kafka".into(),
+            b.props.display().to_string(),
+        ]);
+        // Append, so a restarted broker's log follows the first life's.
+        let log = b
+            .log
+            .with_extension(format!("log.{}", Instant::now().elapsed().as_nanos()));
+        b.child = Some(spawn_guarded("java", &args, &log, &[]));
+    }
+
+    /// Kills a broker the hard way (SIGKILL via its guard), like a machine loss.
+    pub fn kill_broker(&self, id: i32) {
+        let mut brokers = self.brokers.lock().unwrap();
+        let b = brokers.iter_mut().find(|b| b.id == id).unwrap();
+        if let Some(mut c) = b.child.take() {
+            kill_guard(&mut c);
+        }
+    }
+
+    /// Waits until the cluster's metadata lists `n` brokers.
+    pub fn wait_brokers(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        loop {
+            let view = switchyard::upstream::ClusterView::new(switchyard::config::ClusterConfig {
+                name: "probe".into(),
+                bootstrap: self.bootstrap_list(),
+                node_id_offset: 0,
+                tls: None,
+                sasl: None,
+            });
+            let ok = rt.block_on(view.refresh(Duration::from_secs(3))).is_ok();
+            if ok && view.brokers().len() >= n && view.controller() >= 0 {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster in {} did not show {n} brokers in time",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for b in self.brokers.lock().unwrap().iter_mut() {
+            if let Some(mut c) = b.child.take() {
+                kill_guard(&mut c);
+            }
+        }
+        if let Some(mut c) = self.zookeeper.lock().unwrap().take() {
+            kill_guard(&mut c);
+        }
+    }
+}
+
+fn kill_guard(c: &mut Child) {
+    // SIGTERM to the guard makes it SIGKILL its child and exit.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+pub fn wait_port(port: u16, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            panic!("{what} did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The switchyard binary, running in front of clusters.
+pub struct Proxy {
+    pub bootstrap: String,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub log: PathBuf,
+    pub port_base: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with a config whose `[clusters]` and `[routes]` sections are
+    /// `clusters_toml`; listener and admin ports are picked here.
+    pub fn start(name: &str, clusters_toml: &str, broker_ids: &[i32]) -> Proxy {
+        let dir = scratch(name);
+        let bind_port = free_port();
+        let admin_port = free_port();
+        let port_base = free_port_range(2100);
+        let config = format!(
+            "[proxy]\ncluster_id = \"switchyard-test\"\nstate_dir = \"{}\"\nmetadata_refresh_ms = 2000\n\n\
+             [listener]\nbind = \"127.0.0.1:{bind_port}\"\nadvertised_host = \"127.0.0.1\"\nbroker_port_base = {port_base}\n\n\
+             [admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n{clusters_toml}\n",
+            dir.join("state").display()
+        );
+        let config_path = dir.join("switchyard.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("switchyard.log");
+        let child = spawn_guarded(
+            env!("CARGO_BIN_EXE_switchyard"),
+            &[
+                "run".into(),
+                "--config".into(),
+                config_path.display().to_string(),
+            ],
+            &log,
+            &[("SWITCHYARD_LOG", "info,switchyard=debug".into())],
+        );
+        let proxy = Proxy {
+            bootstrap: format!("127.0.0.1:{bind_port}"),
+            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            config_path,
+            log,
+            port_base,
+            child: Mutex::new(Some(child)),
+        };
+        wait_port(bind_port, Duration::from_secs(60), "switchyard bootstrap");
+        for id in broker_ids {
+            wait_port(
+                port_base + *id as u16,
+                Duration::from_secs(60),
+                "switchyard broker listener",
+            );
+        }
+        proxy
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.http("GET", "/status").1).unwrap()
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http("GET", "/metrics").1
+    }
+
+    /// A bare HTTP/1.1 request to the admin API: (status code, body).
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            kill_guard(&mut c);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the Java client driver (kafka-clients 3.9) and returns its JSON summary.
+pub fn java_driver(args: &[&str]) -> Value {
+    static BUILT: OnceLock<(PathBuf, String)> = OnceLock::new();
+    let (classes, cp) = BUILT.get_or_init(|| {
+        let dir = repo().join("tests/clients/java");
+        let cp = classpath("tests/clients/java");
+        let classes = dir.join("classes");
+        std::fs::create_dir_all(&classes).unwrap();
+        run_ok(
+            Command::new("javac").current_dir(&dir).args([
+                "-d",
+                "classes",
+                "-cp",
+                &cp,
+                "src/Driver.java",
+            ]),
+            "javac Driver.java",
+        );
+        (classes, cp)
+    });
+    let mut cmd = Command::new("java");
+    cmd.args([
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-cp",
+    ])
+    .arg(format!("{}:{cp}", classes.display()))
+    .arg("Driver")
+    .args(args);
+    driver_json(cmd, "java driver")
+}
+
+/// Runs the franz-go driver and returns its JSON summary.
+pub fn go_driver(args: &[&str]) -> Value {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        let dir = repo().join("tests/clients/go");
+        run_ok(
+            Command::new("go")
+                .current_dir(&dir)
+                .args(["build", "-o", "franz-driver", "."]),
+            "go build franz-driver",
+        );
+        dir.join("franz-driver")
+    });
+    let mut cmd = Command::new(bin);
+    cmd.args(args).args(["-log-level", "warn"]);
+    driver_json(cmd, "franz-go driver")
+}
+
+fn driver_json(mut cmd: Command, what: &str) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'));
+    match last.and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+        Some(v) => {
+            eprintln!("{what}: {v}");
+            v
+        }
+        None => panic!(
+            "{what} printed no JSON ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Asserts a consume summary: nothing missing, per-key order held, duplicates
+/// within `max_dups`.
+pub fn assert_consumed(v: &Value, expect: u64, max_dups: u64) {
+    assert_eq!(v["fatal"], Value::Null, "fatal error: {v}");
+    assert_eq!(v["unique"].as_u64(), Some(expect), "unique: {v}");
+    assert_eq!(v["missing"].as_u64(), Some(0), "missing: {v}");
+    assert_eq!(v["order_violations"].as_u64(), Some(0), "order: {v}");
+    let dups = v["duplicates"].as_u64().unwrap_or(u64::MAX);
+    assert!(dups <= max_dups, "duplicates {dups} > {max_dups}: {v}");
+}
+
+pub fn assert_produced(v: &Value, count: u64) {
+    assert_eq!(v["fatal"], Value::Null, "fatal error: {v}");
+    assert_eq!(v["acked"].as_u64(), Some(count), "acked: {v}");
+    assert_eq!(v["errors"].as_u64(), Some(0), "errors: {v}");
+}

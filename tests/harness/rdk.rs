@@ -1,0 +1,229 @@
+//! The librdkafka client (through the `rdkafka` crate) as a test driver, with the same
+//! record format and JSON summary as the Java and franz-go drivers: key
+//! `<prefix>-<i % keys>`, value `<key>|<seq>`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Delivery {
+    acked: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+struct ProduceCtx(Arc<Delivery>);
+impl ClientContext for ProduceCtx {}
+impl ProducerContext for ProduceCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.0.errors.fetch_add(1, Ordering::Relaxed);
+                self.0
+                    .first_error
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Produces `count` keyed records with idempotence on and acks=all.
+pub fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64, prefix: &str) -> Value {
+    let started = Instant::now();
+    let delivery = Arc::new(Delivery::default());
+    let producer: BaseProducer<ProduceCtx> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create_with_context(ProduceCtx(delivery.clone()))
+        .expect("rdkafka producer");
+    let mut sent = 0;
+    for i in 0..count {
+        let key = format!("{prefix}-{}", i % keys);
+        let value = format!("{key}|{}", i / keys);
+        loop {
+            match producer.send(BaseRecord::to(topic).key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("rdkafka send: {e}"),
+            }
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+    }
+    let fatal = producer
+        .flush(Duration::from_secs(150))
+        .err()
+        .map(|e| e.to_string());
+    let acked = delivery.acked.load(Ordering::Relaxed);
+    let errors = delivery.errors.load(Ordering::Relaxed);
+    let v = json!({
+        "client": "librdkafka", "op": "produce", "topic": topic, "sent": sent,
+        "acked": acked, "errors": errors,
+        "first_error": *delivery.first_error.lock().unwrap(),
+        "fatal": fatal, "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    eprintln!("librdkafka: {v}");
+    v
+}
+
+#[derive(Default)]
+struct Accounting {
+    seen: HashSet<(String, u64)>,
+    max_seq: HashMap<String, u64>,
+    consumed: u64,
+    duplicates: u64,
+    order_violations: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Accounting {
+    fn record(&mut self, value: &str) {
+        self.consumed += 1;
+        let Some((key, seq)) = value.rsplit_once('|') else {
+            self.errors += 1;
+            return;
+        };
+        let seq: u64 = seq.parse().unwrap_or(u64::MAX);
+        if !self.seen.insert((key.to_string(), seq)) {
+            self.duplicates += 1;
+            return;
+        }
+        let max = self.max_seq.entry(key.to_string()).or_insert(seq);
+        if seq < *max {
+            self.order_violations += 1;
+        } else {
+            *max = seq;
+        }
+    }
+}
+
+/// Commits what was consumed before partitions are taken away, so a rebalance
+/// causes no duplicates (commit-on-revoke).
+struct ConsumeCtx;
+impl ClientContext for ConsumeCtx {}
+impl ConsumerContext for ConsumeCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        }
+    }
+}
+
+/// State carried between consume runs of one group (what `--seen-file` is for the
+/// other drivers).
+#[derive(Default)]
+pub struct Seen(Mutex<Accounting>);
+
+/// Consumes `topic` in group `group` with `members` consumers until `expect` unique
+/// records have been seen (across runs sharing `seen`) or `stop_after` records were
+/// consumed in this run. Commits synchronously after each poll batch.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    members: usize,
+    expect: u64,
+    stop_after: Option<u64>,
+    seen: &Arc<Seen>,
+    timeout: Duration,
+) -> Value {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let consumed_this_run = Arc::new(AtomicU64::new(0));
+    {
+        let mut acct = seen.0.lock().unwrap();
+        acct.consumed = 0;
+    }
+    let done = |seen: &Seen, run: u64| {
+        let acct = seen.0.lock().unwrap();
+        acct.seen.len() as u64 >= expect || stop_after.is_some_and(|s| run >= s)
+    };
+    std::thread::scope(|s| {
+        for _ in 0..members {
+            let seen = seen.clone();
+            let consumed_this_run = consumed_this_run.clone();
+            s.spawn(move || {
+                let consumer: BaseConsumer<ConsumeCtx> = ClientConfig::new()
+                    .set("bootstrap.servers", bootstrap)
+                    .set("group.id", group)
+                    .set("enable.auto.commit", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("session.timeout.ms", "10000")
+                    .create_with_context(ConsumeCtx)
+                    .expect("rdkafka consumer");
+                consumer.subscribe(&[topic]).expect("subscribe");
+                while Instant::now() < deadline
+                    && !done(&seen, consumed_this_run.load(Ordering::SeqCst))
+                {
+                    let mut batch = 0;
+                    while let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                        match m {
+                            Ok(m) => {
+                                let value = m
+                                    .payload()
+                                    .map(|p| String::from_utf8_lossy(p).to_string())
+                                    .unwrap_or_default();
+                                seen.0.lock().unwrap().record(&value);
+                                batch += 1;
+                                let n = consumed_this_run.fetch_add(1, Ordering::SeqCst) + 1;
+                                if stop_after.is_some_and(|s| n >= s) || batch >= 500 {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                let mut acct = seen.0.lock().unwrap();
+                                acct.errors += 1;
+                                acct.first_error.get_or_insert_with(|| e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    if batch > 0 {
+                        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                            let mut acct = seen.0.lock().unwrap();
+                            acct.errors += 1;
+                            acct.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                consumer.unsubscribe();
+            });
+        }
+    });
+    let acct = seen.0.lock().unwrap();
+    let unique = acct.seen.len() as u64;
+    let v = json!({
+        "client": "librdkafka", "op": "consume", "topic": topic, "group": group,
+        "consumed": acct.consumed, "unique": unique, "duplicates": acct.duplicates,
+        "order_violations": acct.order_violations, "missing": expect.saturating_sub(unique),
+        "errors": acct.errors, "first_error": acct.first_error, "fatal": Value::Null,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    eprintln!("librdkafka: {v}");
+    v
+}
