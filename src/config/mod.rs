@@ -573,6 +573,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             d.clone()
         }
         None if clusters.len() == 1 => clusters[0].name.clone(),
+        None if clusters.is_empty() => String::new(), // already reported
         None => {
             errors.push(
                 "[routes] default_cluster: required when more than one cluster is configured"

@@ -1026,11 +1026,16 @@ func runAdmin(args []string) {
 		}
 		return "", len(rc.Configs), nil
 	}
-	if v, n, err := retention(ctx); err != nil {
-		step("describe_configs", false, err.Error())
-	} else {
-		step("describe_configs", n > 0, fmt.Sprintf("%d configs, retention.ms=%s", n, v))
-	}
+	// A just-created topic reaches every broker's metadata cache asynchronously;
+	// the broker answering DescribeConfigs may not know it for a moment.
+	ok, detail = retryUntil(ctx, wait, func(ctx context.Context) (bool, string) {
+		v, n, err := retention(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return n > 0, fmt.Sprintf("%d configs, retention.ms=%s", n, v)
+	})
+	step("describe_configs", ok, detail)
 
 	// 5. Incrementally alter retention.ms, then verify by describing again.
 	const wantRetention = "3600000"
