@@ -14,7 +14,7 @@
 //! sidecar deployment pays too.
 
 #[path = "../tests/harness/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod harness;
 
 use std::sync::{Arc, Mutex};

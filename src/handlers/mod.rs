@@ -265,12 +265,8 @@ pub fn rewrite_response(
         ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
         ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
         ResponseRewrite::EpochFromListOffsets(query) => {
-            offsets::epoch_response_from_list_offsets(frame, version, client_version, query).map(
-                |b| {
-                    debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
-                    b
-                },
-            )
+            debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
+            offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
         }
     }
 }

@@ -141,6 +141,7 @@ pub struct Seen(Mutex<Accounting>);
 /// Consumes `topic` in group `group` with `members` consumers until `expect` unique
 /// records have been seen (across runs sharing `seen`) or `stop_after` records were
 /// consumed in this run. Commits synchronously after each poll batch.
+#[allow(clippy::too_many_arguments)]
 pub fn consume(
     bootstrap: &str,
     topic: &str,
