@@ -301,10 +301,7 @@ where
                 source: e,
             }));
         }
-        // Read at least what the current frame still needs, bounded by the frame check.
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(64 * 1024);
-        }
+        reserve_for_frame(&mut buf, max_frame);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -324,6 +321,17 @@ where
             }
         }
     }
+}
+
+/// Makes room for the rest of the frame being read in one step (its length is known
+/// and already checked against the limit), so a large Fetch response is read with
+/// few syscalls and no repeated buffer growth.
+fn reserve_for_frame(buf: &mut BytesMut, max_frame: usize) {
+    let need = match codec::check_frame(buf, max_frame) {
+        Ok(codec::Framing::Incomplete(n)) => n,
+        _ => 0,
+    };
+    buf.reserve(need.max(16 * 1024));
 }
 
 fn reject_reason(e: &FrameError) -> &'static str {
@@ -460,9 +468,7 @@ async fn read_upstream_frame(
                 }))
             }
         }
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(64 * 1024);
-        }
+        reserve_for_frame(buf, max_frame);
         match up_r.read_buf(buf).await {
             Ok(0) => {
                 return Err(ConnectionError::UpstreamClosed {

@@ -655,3 +655,34 @@ pub fn assert_produced(v: &Value, count: u64) {
     assert_eq!(v["acked"].as_u64(), Some(count), "acked: {v}");
     assert_eq!(v["errors"].as_u64(), Some(0), "errors: {v}");
 }
+
+/// Declares the Foundation test suite for one Kafka version: a shared cluster and
+/// proxy per test binary, one `#[test]` per scenario, run one at a time.
+#[macro_export]
+macro_rules! foundation_suite {
+    ($version:ident, $name:literal) => {
+        fn env() -> &'static harness::scenarios::Env {
+            static ENV: std::sync::OnceLock<harness::scenarios::Env> = std::sync::OnceLock::new();
+            ENV.get_or_init(|| {
+                harness::scenarios::Env::start(harness::KafkaVersion::$version, $name)
+            })
+        }
+        foundation_suite!(@tests
+            java_client_round_trip => java_round_trip,
+            librdkafka_round_trip => rdkafka_round_trip,
+            franz_go_round_trip => franz_round_trip,
+            admin_operations => admin_operations,
+            broker_killed_under_load => broker_killed_under_load,
+            bad_input_closes_only_its_connection => bad_input,
+        );
+    };
+    (@tests $($test:ident => $scenario:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                let _serial = harness::serial();
+                harness::scenarios::$scenario(env());
+            }
+        )*
+    };
+}
