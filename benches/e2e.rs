@@ -30,6 +30,7 @@ const RECORDS: u64 = 200_000;
 const VALUE_BYTES: usize = 1024;
 const LATENCY_RATE: u64 = 2_000; // records per second
 const LATENCY_SECS: u64 = 5;
+/// Measured rounds; a first, unreported round warms the broker's JIT and page cache.
 const ROUNDS: usize = 2;
 
 struct LatencyCtx(Arc<Mutex<Vec<Duration>>>);
@@ -154,6 +155,7 @@ struct Arm {
     p99: Vec<Duration>,
 }
 
+/// Median; with an even count, the upper middle value.
 fn median<T: Copy + PartialOrd>(v: &[T]) -> T {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -176,7 +178,7 @@ fn main() {
 
     let mut direct = Arm::default();
     let mut proxied = Arm::default();
-    for round in 0..ROUNDS {
+    for round in 0..=ROUNDS {
         for (name, arm, bootstrap) in [
             ("direct", &mut direct, env.cluster.bootstrap()),
             ("proxy", &mut proxied, env.proxy.bootstrap.clone()),
@@ -191,8 +193,12 @@ fn main() {
             std::thread::sleep(Duration::from_secs(1));
             let (p50, p99) = produce_latency(&bootstrap, &lat_topic);
             println!(
-                "round {round} {name:>6}: produce {produce:>9.0} rec/s  consume {consume:>9.0} rec/s  ack latency p50 {p50:>8.2?} p99 {p99:>8.2?}"
+                "round {round}{} {name:>6}: produce {produce:>9.0} rec/s  consume {consume:>9.0} rec/s  ack latency p50 {p50:>8.2?} p99 {p99:>8.2?}",
+                if round == 0 { " (warm-up)" } else { "" }
             );
+            if round == 0 {
+                continue; // warm-up
+            }
             arm.produce.push(produce);
             arm.consume.push(consume);
             arm.p50.push(p50);

@@ -479,9 +479,11 @@ impl Proxy {
     /// `clusters_toml`; listener and admin ports are picked here.
     pub fn start(name: &str, clusters_toml: &str, broker_ids: &[i32]) -> Proxy {
         let dir = scratch(name);
-        let bind_port = free_port();
-        let admin_port = free_port();
+        // Virtual broker ports take base+offset..base+offset+999 per cluster; the
+        // bootstrap port must lie outside them (the config check rejects it).
         let port_base = free_port_range(2100);
+        let bind_port = port_base + 2050;
+        let admin_port = free_port();
         let config = format!(
             "[proxy]\ncluster_id = \"switchyard-test\"\nstate_dir = \"{}\"\nmetadata_refresh_ms = 2000\n\n\
              [listener]\nbind = \"127.0.0.1:{bind_port}\"\nadvertised_host = \"127.0.0.1\"\nbroker_port_base = {port_base}\n\n\
