@@ -35,17 +35,6 @@ pub fn connection_closed(listener: &str) {
     gauge!(CONNECTIONS, "listener" => listener.to_string()).decrement(1.0);
 }
 
-pub fn request(api: &'static str, cluster: &str, outcome: &'static str, seconds: f64) {
-    counter!(REQUESTS_TOTAL, "api" => api, "cluster" => cluster.to_string(), "outcome" => outcome)
-        .increment(1);
-    histogram!(REQUEST_DURATION, "api" => api, "cluster" => cluster.to_string()).record(seconds);
-}
-
-pub fn bytes(direction: &'static str, cluster: &str, n: usize) {
-    counter!(BYTES_TOTAL, "direction" => direction, "cluster" => cluster.to_string())
-        .increment(n as u64);
-}
-
 pub fn upstream_error(cluster: &str, kind: &'static str) {
     counter!(UPSTREAM_ERRORS_TOTAL, "cluster" => cluster.to_string(), "kind" => kind).increment(1);
 }
@@ -60,4 +49,42 @@ pub fn route_version(version: u64) {
 
 pub fn reload(outcome: &'static str) {
     counter!(RELOADS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Metric handles for one side of one client connection, resolved once per API so the
+/// per-request path does no label formatting and no registry lookup.
+pub struct ConnectionMetrics {
+    cluster: String,
+    bytes: metrics::Counter,
+    requests: std::collections::HashMap<
+        (&'static str, &'static str),
+        (metrics::Counter, metrics::Histogram),
+    >,
+}
+
+impl ConnectionMetrics {
+    /// `direction` is "in" (client to proxy) or "out" (proxy to client).
+    pub fn new(cluster: &str, direction: &'static str) -> ConnectionMetrics {
+        ConnectionMetrics {
+            cluster: cluster.to_string(),
+            bytes: counter!(BYTES_TOTAL, "direction" => direction, "cluster" => cluster.to_string()),
+            requests: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn bytes(&self, n: usize) {
+        self.bytes.increment(n as u64);
+    }
+
+    pub fn request(&mut self, api: &'static str, outcome: &'static str, seconds: f64) {
+        let cluster = &self.cluster;
+        let (count, duration) = self.requests.entry((api, outcome)).or_insert_with(|| {
+            (
+                counter!(REQUESTS_TOTAL, "api" => api, "cluster" => cluster.clone(), "outcome" => outcome),
+                histogram!(REQUEST_DURATION, "api" => api, "cluster" => cluster.clone()),
+            )
+        });
+        count.increment(1);
+        duration.record(seconds);
+    }
 }

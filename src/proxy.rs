@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
 use crate::config::{Config, ConfigErrors};
 use crate::handlers::api_versions::{self, ApiTable};
@@ -22,8 +21,6 @@ pub struct Proxy {
     routes: ArcSwap<RouteTable>,
     clusters: BTreeMap<String, Arc<ClusterView>>,
     api_table: ArcSwap<ApiTable>,
-    /// Woken when an upstream cluster shows a broker the proxy has no listener for.
-    pub brokers_changed: Notify,
 }
 
 impl Proxy {
@@ -41,7 +38,6 @@ impl Proxy {
             config: ArcSwap::from_pointee(config),
             clusters,
             api_table: ArcSwap::from_pointee(ApiTable::new()),
-            brokers_changed: Notify::new(),
         })
     }
 
@@ -61,8 +57,9 @@ impl Proxy {
         self.clusters.values()
     }
 
-    pub fn api_table(&self) -> Arc<ApiTable> {
-        self.api_table.load_full()
+    /// The advertised API table; a cheap guard, read on every request.
+    pub fn api_table(&self) -> arc_swap::Guard<Arc<ApiTable>> {
+        self.api_table.load()
     }
 
     /// Recomputes the advertised API table from what the clusters report.

@@ -94,8 +94,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Refreshes cluster knowledge periodically (and at once when a response showed an
-/// unknown broker), with exponential backoff while a cluster is unreachable.
+/// Refreshes cluster knowledge periodically (new brokers get listeners within one
+/// period), with exponential backoff while a cluster is unreachable.
 async fn refresh_loop(proxy: Arc<Proxy>, listeners: Arc<Listeners>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -105,7 +105,6 @@ async fn refresh_loop(proxy: Arc<Proxy>, listeners: Arc<Listeners>, shutdown: Ca
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = proxy.brokers_changed.notified() => {}
         }
         let timeout = proxy.config().proxy.connect_timeout;
         let mut failed = false;

@@ -13,7 +13,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::api_versions;
 use crate::proxy::Proxy;
 
 #[derive(Clone)]
@@ -138,7 +137,6 @@ pub fn status_json(proxy: &Proxy) -> Value {
         "routes": routes_json(proxy),
         "advertised_api_versions": advertised,
         "switches": [],
-        "api_versions_ready": api_versions::allowed(&table, kafka_protocol::messages::ApiKey::Metadata, 0),
     })
 }
 

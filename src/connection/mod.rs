@@ -163,6 +163,25 @@ async fn connect_upstream(
     }
 }
 
+/// What both halves of a connection know about the upstream they talk to.
+struct Link {
+    cluster: String,
+    addr: String,
+    map: VirtualMap,
+    max_frame: usize,
+}
+
+impl Link {
+    /// A failed write to the upstream: counted, and named with its address.
+    fn write_error(&self, source: std::io::Error) -> ConnectionError {
+        metrics::upstream_error(&self.cluster, "io");
+        ConnectionError::Upstream(UpstreamError::Io {
+            addr: self.addr.clone(),
+            source,
+        })
+    }
+}
+
 async fn run<S>(
     proxy: Arc<Proxy>,
     client: S,
@@ -176,11 +195,15 @@ where
     // An unreachable broker closes the client connection at once, exactly as the
     // broker itself would have refused it: clients treat that as retriable, refresh
     // metadata and go to the new leader.
-    let (cluster, upstream, upstream_addr) = connect_upstream(&proxy, target).await?;
+    let (cluster, upstream, addr) = connect_upstream(&proxy, target).await?;
     let config = proxy.config();
-    let max_frame = config.proxy.max_frame_bytes;
-    let map = proxy.virtual_map(&cluster);
-    tracing::debug!(%peer, upstream = %upstream_addr, cluster = cluster.name(), "connected");
+    tracing::debug!(%peer, upstream = %addr, cluster = cluster.name(), "connected");
+    let link = Arc::new(Link {
+        cluster: cluster.name().to_string(),
+        addr,
+        map: proxy.virtual_map(&cluster),
+        max_frame: config.proxy.max_frame_bytes,
+    });
 
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = upstream.into_split();
@@ -188,29 +211,8 @@ where
     // Cancelled by the pump when it fails, so the reader stops too.
     let conn_done = CancellationToken::new();
 
-    let pump = tokio::spawn(pump(
-        rx,
-        up_r,
-        client_w,
-        map.clone(),
-        cluster.name().to_string(),
-        upstream_addr.clone(),
-        max_frame,
-        conn_done.clone(),
-    ));
-
-    let read_result = read_loop(
-        &proxy,
-        client_r,
-        up_w,
-        tx,
-        &map,
-        cluster.name(),
-        max_frame,
-        &shutdown,
-        &conn_done,
-    )
-    .await;
+    let pump = tokio::spawn(pump(rx, up_r, client_w, link.clone(), conn_done.clone()));
+    let read_result = read_loop(&proxy, client_r, up_w, tx, &link, &shutdown, &conn_done).await;
     match read_result {
         Ok(()) => {
             // Client done or shutdown: let the pump answer everything in flight.
@@ -226,37 +228,34 @@ where
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn read_loop<R>(
     proxy: &Proxy,
     mut client_r: R,
     up_w: tokio::net::tcp::OwnedWriteHalf,
     tx: mpsc::Sender<Pending>,
-    map: &VirtualMap,
-    cluster: &str,
-    max_frame: usize,
+    link: &Link,
     shutdown: &CancellationToken,
     conn_done: &CancellationToken,
 ) -> Result<(), ConnectionError>
 where
     R: AsyncRead + Unpin,
 {
+    let mut metrics = metrics::ConnectionMetrics::new(&link.cluster, "in");
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut up_w = BufWriter::with_capacity(64 * 1024, up_w);
     loop {
         // Handle every complete frame already buffered before reading more.
-        while let Some(raw) = codec::take_frame(&mut buf, max_frame).inspect_err(|e| {
-            metrics::rejected_frame(reject_reason(e));
-        })? {
+        while let Some(raw) = codec::take_frame(&mut buf, link.max_frame)
+            .inspect_err(|e| metrics::rejected_frame(reject_reason(e)))?
+        {
             let started = Instant::now();
-            metrics::bytes("in", cluster, raw.len() + 4);
-            let frame = codec::parse_request(raw).inspect_err(|e| {
-                metrics::rejected_frame(reject_reason(e));
-            })?;
+            metrics.bytes(raw.len() + 4);
+            let frame = codec::parse_request(raw)
+                .inspect_err(|e| metrics::rejected_frame(reject_reason(e)))?;
             let Ok(permit) = tx.reserve().await else {
                 return Ok(()); // pump gone; its error is reported there
             };
-            match decide(proxy, &frame, map)? {
+            match decide(proxy, &frame, &link.map)? {
                 Action::Respond(out) => permit.send(Pending::Local {
                     frame: out,
                     api: handlers::api_name(frame.api),
@@ -266,18 +265,12 @@ where
                     frame: out,
                     response,
                 } => {
-                    let prefix = codec::length_prefix(out.len());
-                    let write = async {
-                        up_w.write_all(&prefix).await?;
-                        up_w.write_all(&out).await
-                    };
-                    if let Err(e) = write.await {
-                        metrics::upstream_error(cluster, "io");
-                        return Err(ConnectionError::Upstream(UpstreamError::Io {
-                            addr: "upstream".into(),
-                            source: e,
-                        }));
-                    }
+                    up_w.write_all(&codec::length_prefix(out.len()))
+                        .await
+                        .map_err(|e| link.write_error(e))?;
+                    up_w.write_all(&out)
+                        .await
+                        .map_err(|e| link.write_error(e))?;
                     match response {
                         Some(forwarded) => permit.send(Pending::Upstream {
                             correlation_id: frame.correlation_id(),
@@ -286,22 +279,19 @@ where
                             forwarded,
                             started,
                         }),
-                        None => {
-                            metrics::request(handlers::api_name(frame.api), cluster, "ok", 0.0);
-                        }
+                        // No response will come (Produce acks=0): done once written.
+                        None => metrics.request(
+                            handlers::api_name(frame.api),
+                            "ok",
+                            started.elapsed().as_secs_f64(),
+                        ),
                     }
                 }
             }
         }
         // Nothing complete is buffered: push what was forwarded, then read.
-        if let Err(e) = up_w.flush().await {
-            metrics::upstream_error(cluster, "io");
-            return Err(ConnectionError::Upstream(UpstreamError::Io {
-                addr: "upstream".into(),
-                source: e,
-            }));
-        }
-        reserve_for_frame(&mut buf, max_frame);
+        up_w.flush().await.map_err(|e| link.write_error(e))?;
+        reserve_for_frame(&mut buf, link.max_frame);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -366,30 +356,27 @@ fn decide(
     Ok(handlers::handle(frame, map)?)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn pump<W>(
     mut rx: mpsc::Receiver<Pending>,
     mut up_r: tokio::net::tcp::OwnedReadHalf,
     client_w: W,
-    map: VirtualMap,
-    cluster: String,
-    upstream_addr: String,
-    max_frame: usize,
+    link: Arc<Link>,
     conn_done: CancellationToken,
 ) -> Result<(), ConnectionError>
 where
     W: AsyncWrite + Unpin,
 {
     let _guard = conn_done.clone().drop_guard();
+    let mut metrics = metrics::ConnectionMetrics::new(&link.cluster, "out");
     let mut client_w = BufWriter::with_capacity(64 * 1024, client_w);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(pending) = rx.recv().await {
-        let (out, api, outcome, started) = match pending {
+        let (out, api, started) = match pending {
             Pending::Local {
                 frame,
                 api,
                 started,
-            } => (frame, api, "ok", started),
+            } => (frame, api, started),
             Pending::Upstream {
                 correlation_id,
                 client_api,
@@ -397,43 +384,35 @@ where
                 forwarded,
                 started,
             } => {
-                let frame = read_upstream_frame(
-                    &mut up_r,
-                    &mut buf,
-                    max_frame,
-                    &upstream_addr,
-                    rx.len() + 1,
-                )
-                .await
-                .inspect_err(|_| metrics::upstream_error(&cluster, "io"))?;
+                let frame = read_upstream_frame(&mut up_r, &mut buf, &link, rx.len() + 1)
+                    .await
+                    .inspect_err(|_| metrics::upstream_error(&link.cluster, "io"))?;
                 let got = codec::response_correlation_id(&frame).unwrap_or(i32::MIN);
                 if got != correlation_id {
-                    metrics::upstream_error(&cluster, "correlation");
+                    metrics::upstream_error(&link.cluster, "correlation");
                     return Err(ConnectionError::CorrelationMismatch {
-                        addr: upstream_addr,
+                        addr: link.addr.clone(),
                         got,
                         expected: correlation_id,
                     });
                 }
-                let api = handlers::api_name(client_api);
-                match handlers::rewrite_response(
+                let out = handlers::rewrite_response(
                     &forwarded,
                     client_api,
                     client_version,
                     frame,
-                    &map,
-                ) {
-                    Ok(out) => (out, api, "ok", started),
-                    Err(e) => {
-                        // The upstream sent something the proxy cannot read; the
-                        // client cannot be given a half-rewritten answer.
-                        metrics::upstream_error(&cluster, "decode");
-                        return Err(ConnectionError::Rewrite(e));
-                    }
-                }
+                    &link.map,
+                )
+                .map_err(|e| {
+                    // The upstream sent something the proxy cannot read; the
+                    // client cannot be given a half-rewritten answer.
+                    metrics::upstream_error(&link.cluster, "decode");
+                    ConnectionError::Rewrite(e)
+                })?;
+                (out, handlers::api_name(client_api), started)
             }
         };
-        metrics::bytes("out", &cluster, out.len() + 4);
+        metrics.bytes(out.len() + 4);
         let write = async {
             client_w.write_all(&codec::length_prefix(out.len())).await?;
             client_w.write_all(&out).await?;
@@ -443,7 +422,7 @@ where
             Ok::<_, std::io::Error>(())
         };
         write.await.map_err(ConnectionError::ClientIo)?;
-        metrics::request(api, &cluster, outcome, started.elapsed().as_secs_f64());
+        metrics.request(api, "ok", started.elapsed().as_secs_f64());
     }
     client_w.flush().await.map_err(ConnectionError::ClientIo)?;
     let _ = client_w.shutdown().await;
@@ -453,10 +432,10 @@ where
 async fn read_upstream_frame(
     up_r: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
-    max_frame: usize,
-    addr: &str,
+    link: &Link,
     pending: usize,
 ) -> Result<Bytes, ConnectionError> {
+    let (addr, max_frame) = (link.addr.as_str(), link.max_frame);
     loop {
         match codec::take_frame(buf, max_frame) {
             Ok(Some(frame)) => return Ok(frame),

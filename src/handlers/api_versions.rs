@@ -26,7 +26,7 @@ pub type ApiTable = BTreeMap<i16, (i16, i16)>;
 pub fn build_table<'a>(clusters: impl IntoIterator<Item = &'a ApiRanges>) -> ApiTable {
     let clusters: Vec<&ApiRanges> = clusters.into_iter().collect();
     let mut table = ApiTable::new();
-    for (api, cap, _) in SUPPORTED {
+    for (api, cap) in SUPPORTED {
         let key = *api as i16;
         let crate_range = api.valid_versions();
         let (mut min, mut max) = (crate_range.min, crate_range.max.min(*cap));

@@ -49,60 +49,50 @@ impl VirtualMap {
     }
 }
 
-/// How the proxy treats an API, and the highest version it handles correctly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Treatment {
-    /// Forwarded byte for byte in both directions.
-    Pass,
-    /// Forwarded; request and/or response rewritten.
-    Rewrite,
-    /// Answered by the proxy.
-    Local,
-}
-
 /// The APIs Switchyard handles, with the highest version it handles correctly.
+/// What happens to each (answered, forwarded, rewritten) is decided in [`handle`].
 /// Caps hold clients at versions without topic ids (Fetch ≤ 12, Metadata ≤ 9) and
 /// without KIP-951 node endpoints (Produce ≤ 9), which would otherwise carry
 /// cluster-specific ids and real broker addresses to the client (PROTOCOL.md §5).
-pub const SUPPORTED: &[(ApiKey, i16, Treatment)] = &[
-    (ApiKey::Produce, 9, Treatment::Pass),
-    (ApiKey::Fetch, 12, Treatment::Rewrite),
-    (ApiKey::ListOffsets, 7, Treatment::Rewrite),
-    (ApiKey::Metadata, 9, Treatment::Rewrite),
-    (ApiKey::OffsetCommit, 8, Treatment::Rewrite),
-    (ApiKey::OffsetFetch, 8, Treatment::Rewrite),
-    (ApiKey::FindCoordinator, 4, Treatment::Rewrite),
-    (ApiKey::JoinGroup, 9, Treatment::Pass),
-    (ApiKey::Heartbeat, 4, Treatment::Pass),
-    (ApiKey::LeaveGroup, 5, Treatment::Pass),
-    (ApiKey::SyncGroup, 5, Treatment::Pass),
-    (ApiKey::DescribeGroups, 5, Treatment::Pass),
-    (ApiKey::ListGroups, 4, Treatment::Pass),
-    (ApiKey::ApiVersions, 3, Treatment::Local),
-    (ApiKey::CreateTopics, 7, Treatment::Pass),
-    (ApiKey::DeleteTopics, 6, Treatment::Pass),
-    (ApiKey::DeleteRecords, 2, Treatment::Pass),
-    (ApiKey::InitProducerId, 4, Treatment::Pass),
-    (ApiKey::OffsetForLeaderEpoch, 4, Treatment::Rewrite),
-    (ApiKey::AddPartitionsToTxn, 3, Treatment::Pass),
-    (ApiKey::AddOffsetsToTxn, 3, Treatment::Pass),
-    (ApiKey::EndTxn, 3, Treatment::Pass),
-    (ApiKey::TxnOffsetCommit, 3, Treatment::Rewrite),
-    (ApiKey::DescribeAcls, 3, Treatment::Pass),
-    (ApiKey::CreateAcls, 3, Treatment::Pass),
-    (ApiKey::DeleteAcls, 3, Treatment::Pass),
-    (ApiKey::DescribeConfigs, 4, Treatment::Rewrite),
-    (ApiKey::AlterConfigs, 2, Treatment::Rewrite),
-    (ApiKey::DescribeLogDirs, 4, Treatment::Pass),
-    (ApiKey::CreatePartitions, 3, Treatment::Rewrite),
-    (ApiKey::DeleteGroups, 2, Treatment::Pass),
-    (ApiKey::ElectLeaders, 2, Treatment::Pass),
-    (ApiKey::IncrementalAlterConfigs, 1, Treatment::Rewrite),
-    (ApiKey::OffsetDelete, 0, Treatment::Pass),
-    (ApiKey::DescribeCluster, 1, Treatment::Rewrite),
-    (ApiKey::DescribeProducers, 0, Treatment::Pass),
-    (ApiKey::DescribeTransactions, 0, Treatment::Pass),
-    (ApiKey::ListTransactions, 1, Treatment::Pass),
+pub const SUPPORTED: &[(ApiKey, i16)] = &[
+    (ApiKey::Produce, 9),
+    (ApiKey::Fetch, 12),
+    (ApiKey::ListOffsets, 7),
+    (ApiKey::Metadata, 9),
+    (ApiKey::OffsetCommit, 8),
+    (ApiKey::OffsetFetch, 8),
+    (ApiKey::FindCoordinator, 4),
+    (ApiKey::JoinGroup, 9),
+    (ApiKey::Heartbeat, 4),
+    (ApiKey::LeaveGroup, 5),
+    (ApiKey::SyncGroup, 5),
+    (ApiKey::DescribeGroups, 5),
+    (ApiKey::ListGroups, 4),
+    (ApiKey::ApiVersions, 3),
+    (ApiKey::CreateTopics, 7),
+    (ApiKey::DeleteTopics, 6),
+    (ApiKey::DeleteRecords, 2),
+    (ApiKey::InitProducerId, 4),
+    (ApiKey::OffsetForLeaderEpoch, 4),
+    (ApiKey::AddPartitionsToTxn, 3),
+    (ApiKey::AddOffsetsToTxn, 3),
+    (ApiKey::EndTxn, 3),
+    (ApiKey::TxnOffsetCommit, 3),
+    (ApiKey::DescribeAcls, 3),
+    (ApiKey::CreateAcls, 3),
+    (ApiKey::DeleteAcls, 3),
+    (ApiKey::DescribeConfigs, 4),
+    (ApiKey::AlterConfigs, 2),
+    (ApiKey::DescribeLogDirs, 4),
+    (ApiKey::CreatePartitions, 3),
+    (ApiKey::DeleteGroups, 2),
+    (ApiKey::ElectLeaders, 2),
+    (ApiKey::IncrementalAlterConfigs, 1),
+    (ApiKey::OffsetDelete, 0),
+    (ApiKey::DescribeCluster, 1),
+    (ApiKey::DescribeProducers, 0),
+    (ApiKey::DescribeTransactions, 0),
+    (ApiKey::ListTransactions, 1),
 ];
 
 /// How the response to a forwarded request must be treated on its way back.

@@ -215,30 +215,6 @@ impl ClusterView {
         addrs
     }
 
-    /// Learns brokers from a Metadata response that passed through the proxy.
-    /// Returns true when the broker set changed.
-    pub fn observe_brokers(&self, brokers: &[BrokerAddr]) -> bool {
-        if brokers.is_empty() {
-            return false;
-        }
-        let new: BTreeMap<i32, BrokerAddr> = brokers.iter().map(|b| (b.id, b.clone())).collect();
-        let current = self.brokers.load();
-        // Brokers that are down drop out of Metadata; keep their address so clients
-        // holding an old leader still reach a listener that answers (and fails over).
-        let mut merged = (**current).clone();
-        let mut changed = false;
-        for (id, b) in new {
-            if merged.get(&id) != Some(&b) {
-                merged.insert(id, b);
-                changed = true;
-            }
-        }
-        if changed {
-            self.brokers.store(Arc::new(merged));
-        }
-        changed
-    }
-
     /// Asks the cluster for its brokers and API versions. Tries every candidate
     /// address until one answers.
     pub async fn refresh(&self, timeout: Duration) -> Result<(), UpstreamError> {

@@ -78,15 +78,21 @@ pub fn free_port_range(span: u16) -> u16 {
 
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos() ^ std::process::id() as u128);
-    h.finish() as u32
+    // RandomState is seeded randomly per instance; hashing nothing still differs.
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32
 }
 
 /// Starts `cmd` under the guard script so it dies with this process.
 fn spawn_guarded(program: &str, args: &[String], log: &Path, envs: &[(&str, String)]) -> Child {
     let guard = repo().join("tests/kafka/guard.sh");
-    let out = std::fs::File::create(log).unwrap();
+    // Append: a restarted broker's log follows its first life's.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let err = out.try_clone().unwrap();
     let mut cmd = Command::new("bash");
     cmd.arg(guard)
@@ -222,7 +228,9 @@ impl Cluster {
              log.retention.check.interval.ms=600000\n\
              delete.topic.enable=true\n"
         );
-        match version {
+        // Per broker, what differs between the two kinds of cluster.
+        let mut kraft_cluster_id = None;
+        let own_props: Vec<String> = match version {
             KafkaVersion::V2_4 => {
                 let zk_port = free_port();
                 let zk_dir = dir.join("zk");
@@ -238,29 +246,19 @@ impl Cluster {
                 ]);
                 zookeeper = Some(spawn_guarded("java", &args, &dir.join("zk.log"), &[]));
                 wait_port(zk_port, Duration::from_secs(60), "zookeeper");
-                for (i, port) in ports.iter().enumerate() {
-                    let id = i as i32 + 1;
-                    let props = dir.join(format!("broker-{id}.properties"));
-                    std::fs::write(
-                        &props,
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, port)| {
                         format!(
-                            "broker.id={id}\n\
+                            "broker.id={}\n\
                              listeners=PLAINTEXT://127.0.0.1:{port}\n\
                              zookeeper.connect=127.0.0.1:{zk_port}\n\
-                             zookeeper.connection.timeout.ms=30000\n\
-                             log.dirs={}\n{common}",
-                            dir.join(format!("data-{id}")).display()
-                        ),
-                    )
-                    .unwrap();
-                    brokers.push(Broker {
-                        id,
-                        port: *port,
-                        props,
-                        log: dir.join(format!("broker-{id}.log")),
-                        child: None,
-                    });
-                }
+                             zookeeper.connection.timeout.ms=30000\n",
+                            i + 1
+                        )
+                    })
+                    .collect()
             }
             KafkaVersion::V3 => {
                 let controller_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -270,60 +268,71 @@ impl Cluster {
                     .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
                     .collect::<Vec<_>>()
                     .join(",");
-                let cluster_id = run_ok(
-                    Command::new("java").args([
-                        "-cp",
-                        &classpath,
-                        "kafka.tools.StorageTool",
-                        "random-uuid",
-                    ]),
-                    "StorageTool random-uuid",
-                )
-                .trim()
-                .to_string();
-                for (i, port) in ports.iter().enumerate() {
-                    let id = i as i32 + 1;
-                    let props = dir.join(format!("broker-{id}.properties"));
-                    std::fs::write(
-                        &props,
-                        format!(
-                            "process.roles=broker,controller\n\
-                             node.id={id}\n\
-                             controller.quorum.voters={voters}\n\
-                             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{}\n\
-                             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                             controller.listener.names=CONTROLLER\n\
-                             inter.broker.listener.name=PLAINTEXT\n\
-                             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
-                             log.dirs={}\n{common}",
-                            controller_ports[i],
-                            dir.join(format!("data-{id}")).display()
-                        ),
-                    )
-                    .unwrap();
+                kraft_cluster_id = Some(
                     run_ok(
                         Command::new("java").args([
                             "-cp",
                             &classpath,
-                            &format!("-Dlog4j.configuration=file:{}", log4j.display()),
                             "kafka.tools.StorageTool",
-                            "format",
-                            "-t",
-                            &cluster_id,
-                            "-c",
-                            &props.display().to_string(),
+                            "random-uuid",
                         ]),
-                        "StorageTool format",
-                    );
-                    brokers.push(Broker {
-                        id,
-                        port: *port,
-                        props,
-                        log: dir.join(format!("broker-{id}.log")),
-                        child: None,
-                    });
-                }
+                        "StorageTool random-uuid",
+                    )
+                    .trim()
+                    .to_string(),
+                );
+                ports
+                    .iter()
+                    .zip(&controller_ports)
+                    .enumerate()
+                    .map(|(i, (port, controller_port))| {
+                        format!(
+                            "process.roles=broker,controller\n\
+                             node.id={}\n\
+                             controller.quorum.voters={voters}\n\
+                             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+                             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                             controller.listener.names=CONTROLLER\n\
+                             inter.broker.listener.name=PLAINTEXT\n\
+                             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n",
+                            i + 1
+                        )
+                    })
+                    .collect()
             }
+        };
+        for (i, (port, own)) in ports.iter().zip(own_props).enumerate() {
+            let id = i as i32 + 1;
+            let props = dir.join(format!("broker-{id}.properties"));
+            let data = dir.join(format!("data-{id}"));
+            std::fs::write(
+                &props,
+                format!("{own}log.dirs={}\n{common}", data.display()),
+            )
+            .unwrap();
+            if let Some(cluster_id) = &kraft_cluster_id {
+                run_ok(
+                    Command::new("java").args([
+                        "-cp",
+                        &classpath,
+                        &format!("-Dlog4j.configuration=file:{}", log4j.display()),
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "-t",
+                        cluster_id,
+                        "-c",
+                        &props.display().to_string(),
+                    ]),
+                    "StorageTool format",
+                );
+            }
+            brokers.push(Broker {
+                id,
+                port: *port,
+                props,
+                log: dir.join(format!("broker-{id}.log")),
+                child: None,
+            });
         }
         let cluster = Cluster {
             version,
@@ -378,11 +387,7 @@ impl Cluster {
             "kafka.Kafka".into(),
             b.props.display().to_string(),
         ]);
-        // Append, so a restarted broker's log follows the first life's.
-        let log = b
-            .log
-            .with_extension(format!("log.{}", Instant::now().elapsed().as_nanos()));
-        b.child = Some(spawn_guarded("java", &args, &log, &[]));
+        b.child = Some(spawn_guarded("java", &args, &b.log, &[]));
     }
 
     /// Kills a broker the hard way (SIGKILL via its guard), like a machine loss.

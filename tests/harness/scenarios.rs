@@ -61,73 +61,76 @@ const RECORDS: u64 = 100_000;
 const KEYS: u64 = 100;
 const FIRST_RUN: u64 = 40_000;
 
-/// Java client: create a topic, produce 100k idempotent records, consume them in a
-/// group of 3, stop part way, restart, and resume at the committed offsets.
-pub fn java_round_trip(env: &Env) {
-    let topic = "java-orders";
-    create_topic(env, topic, 6);
-    let p = java_driver(&[
+/// A client driver program: takes its arguments, returns its JSON summary. The Java
+/// and franz-go drivers share flag names (Go's flag package accepts `--name value`).
+type Driver = fn(&[&str]) -> Value;
+
+/// Creates a topic, produces 100k idempotent acks=all records, consumes them in a
+/// group of 3, stops part way, restarts, and resumes at the committed offsets.
+fn driver_round_trip(env: &Env, driver: Driver, name: &str) {
+    let topic = format!("{name}-orders");
+    let group = format!("{name}-group");
+    let (records, keys, first_run) = (RECORDS.to_string(), KEYS.to_string(), FIRST_RUN.to_string());
+    create_topic(env, &topic, 6);
+    let p = driver(&[
         "produce",
         "--bootstrap",
         env.bootstrap(),
         "--topic",
-        topic,
+        &topic,
         "--count",
-        &RECORDS.to_string(),
+        &records,
         "--keys",
-        &KEYS.to_string(),
-        "--idempotent",
-        "true",
+        &keys,
         "--acks",
         "all",
     ]);
     assert_produced(&p, RECORDS);
-    let seen = super::scratch("java-seen").join("seen.txt");
+    let seen = super::scratch(&format!("{name}-seen")).join("seen.txt");
     let seen = seen.display().to_string();
-    let first = java_driver(&[
-        "consume",
-        "--bootstrap",
-        env.bootstrap(),
-        "--topic",
-        topic,
-        "--group",
-        "java-group",
-        "--members",
-        "3",
-        "--expect",
-        &RECORDS.to_string(),
-        "--stop-after",
-        &FIRST_RUN.to_string(),
-        "--seen-file",
-        &seen,
-        "--timeout-s",
-        "120",
-    ]);
+    let consume = |stop_after: Option<&str>| {
+        let mut args = vec![
+            "consume",
+            "--bootstrap",
+            env.bootstrap(),
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--members",
+            "3",
+            "--expect",
+            &records,
+            "--seen-file",
+            &seen,
+            "--timeout-s",
+            "120",
+        ];
+        if let Some(n) = stop_after {
+            args.extend(["--stop-after", n]);
+        }
+        driver(&args)
+    };
+    let first = consume(Some(&first_run));
     assert_eq!(
         first["consumed"].as_u64(),
         Some(FIRST_RUN),
         "first run: {first}"
     );
-    let second = java_driver(&[
-        "consume",
-        "--bootstrap",
-        env.bootstrap(),
-        "--topic",
-        topic,
-        "--group",
-        "java-group",
-        "--members",
-        "3",
-        "--expect",
-        &RECORDS.to_string(),
-        "--seen-file",
-        &seen,
-        "--timeout-s",
-        "120",
-    ]);
     // Commits happen after every processed batch and before revocation: a restart
     // re-reads nothing.
+    let second = consume(None);
     assert_consumed(&second, RECORDS, 0);
+}
+
+/// The Java client (kafka-clients; idempotence is its driver's default).
+pub fn java_round_trip(env: &Env) {
+    driver_round_trip(env, java_driver, "java");
+}
+
+/// franz-go (idempotent by default).
+pub fn franz_round_trip(env: &Env) {
+    driver_round_trip(env, go_driver, "franz");
 }
 
 /// librdkafka: same flow, topic created with librdkafka's admin API.
@@ -187,72 +190,6 @@ pub fn rdkafka_round_trip(env: &Env) {
         &seen,
         Duration::from_secs(120),
     );
-    assert_consumed(&second, RECORDS, 0);
-}
-
-/// franz-go: same flow.
-pub fn franz_round_trip(env: &Env) {
-    let topic = "franz-orders";
-    create_topic(env, topic, 6);
-    let p = go_driver(&[
-        "produce",
-        "-bootstrap",
-        env.bootstrap(),
-        "-topic",
-        topic,
-        "-count",
-        &RECORDS.to_string(),
-        "-keys",
-        &KEYS.to_string(),
-        "-acks",
-        "all",
-    ]);
-    assert_produced(&p, RECORDS);
-    let seen = super::scratch("franz-seen")
-        .join("seen.txt")
-        .display()
-        .to_string();
-    let first = go_driver(&[
-        "consume",
-        "-bootstrap",
-        env.bootstrap(),
-        "-topic",
-        topic,
-        "-group",
-        "franz-group",
-        "-members",
-        "3",
-        "-expect",
-        &RECORDS.to_string(),
-        "-stop-after",
-        &FIRST_RUN.to_string(),
-        "-seen-file",
-        &seen,
-        "-timeout-s",
-        "120",
-    ]);
-    assert_eq!(
-        first["consumed"].as_u64(),
-        Some(FIRST_RUN),
-        "first run: {first}"
-    );
-    let second = go_driver(&[
-        "consume",
-        "-bootstrap",
-        env.bootstrap(),
-        "-topic",
-        topic,
-        "-group",
-        "franz-group",
-        "-members",
-        "3",
-        "-expect",
-        &RECORDS.to_string(),
-        "-seen-file",
-        &seen,
-        "-timeout-s",
-        "120",
-    ]);
     assert_consumed(&second, RECORDS, 0);
 }
 
