@@ -567,6 +567,38 @@ impl Proxy {
             kill_guard(&mut c);
         }
     }
+
+    /// Sends SIGTERM to the proxy process itself (not its guard), as an init system
+    /// would, and waits for it to exit. Returns its exit code, or None on timeout.
+    pub fn terminate(&self, timeout: Duration) -> Option<i32> {
+        let config = self.config_path.display().to_string();
+        let pid = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"switchyard"))
+                    && args.contains(&config.as_bytes())
+            })
+            .expect("proxy process");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let mut guard = self.child.lock().unwrap();
+        let child = guard.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            // The guard exits with its child's status once the child is gone.
+            if let Ok(Some(status)) = child.try_wait() {
+                guard.take();
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
 
 impl Drop for Proxy {
@@ -680,6 +712,7 @@ macro_rules! foundation_suite {
             franz_go_round_trip => franz_round_trip,
             admin_operations => admin_operations,
             broker_killed_under_load => broker_killed_under_load,
+            sigterm_finishes_in_flight_and_exits => graceful_shutdown,
             bad_input_closes_only_its_connection => bad_input,
         );
     };
