@@ -2,9 +2,11 @@
 //! cluster to another without redeploying them.
 //!
 //! Clients point `bootstrap.servers` at the proxy once. The proxy answers ApiVersions
-//! itself, rewrites Metadata so clients only ever see virtual brokers, and forwards
-//! every other request to the one upstream broker a virtual broker stands for,
-//! decoding only what must change.
+//! itself, merges Metadata from every cluster so clients only ever see virtual
+//! brokers, and forwards every other request to the one upstream broker a virtual
+//! broker stands for, decoding only what must change. Which cluster serves a topic's
+//! writes and a group's reads is a routing table swapped atomically on reload;
+//! requests that reach the wrong cluster are steered with retriable errors.
 //!
 //! # Layout
 //!
@@ -16,7 +18,10 @@
 //! - [`codec`]: framing and header decoding; no I/O.
 //! - [`handlers`]: one file per API family; what to answer, forward or rewrite.
 //! - [`upstream`]: connections to brokers, and each cluster's brokers and API versions.
-//! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`).
+//! - [`switch`]: the cutover machinery: produce flips and their marks, virtual
+//!   producer ids, group attribution.
+//! - [`state`]: the persisted state store (switch marks), fsynced JSON lines.
+//! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`, `/switch`, `/rollback`).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: wires the above together and runs until shutdown.
 
@@ -30,4 +35,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod state;
+pub mod switch;
 pub mod upstream;

@@ -18,6 +18,11 @@ pub const GROUP_LAG: &str = "switchyard_group_lag";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 /// Frames rejected before reaching any handler (malformed, oversize, unsupported).
 pub const REJECTED_FRAMES_TOTAL: &str = "switchyard_rejected_frames_total";
+/// Requests (or parts of them) answered with a retriable error because the route
+/// points to another cluster.
+pub const STEERED_TOTAL: &str = "switchyard_steered_total";
+/// Fetches from identities not linked to exactly one group.
+pub const UNATTRIBUTED_FETCHES_TOTAL: &str = "switchyard_unattributed_fetches_total";
 
 /// Buckets for request latency: 100 µs to ~30 s. Kafka fetches long-poll for up to
 /// `fetch.max.wait.ms` (500 ms by default), so the top buckets matter.
@@ -49,6 +54,22 @@ pub fn route_version(version: u64) {
 
 pub fn reload(outcome: &'static str) {
     counter!(RELOADS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+pub fn switch(kind: &'static str, outcome: &'static str) {
+    counter!(SWITCHES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// A request the proxy refused for some partitions or a group because the route
+/// points elsewhere (the client is steered with a retriable error).
+pub fn steered(api: &'static str, cluster: &str) {
+    counter!(STEERED_TOTAL, "api" => api, "cluster" => cluster.to_string()).increment(1);
+}
+
+/// A fetch from an identity not linked to exactly one group (it follows the topic's
+/// `consume` route).
+pub fn unattributed_fetch() {
+    counter!(UNATTRIBUTED_FETCHES_TOTAL).increment(1);
 }
 
 /// Metric handles for one side of one client connection, resolved once per API so the

@@ -2,17 +2,21 @@
 //! negotiated API table. Everything that changes at run time sits behind `ArcSwap`,
 //! so a request reads one consistent snapshot and a reload replaces it in one store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, Matcher, TopicRoute};
 use crate::handlers::api_versions::{self, ApiTable};
 use crate::handlers::VirtualMap;
 use crate::metrics;
 use crate::routes::RouteTable;
+use crate::state::{Mark, StateError, StateStore};
+use crate::switch::identity::Identities;
+use crate::switch::producers::Producers;
+use crate::switch::{self, ProduceFlip};
 use crate::upstream::ClusterView;
 
 pub struct Proxy {
@@ -21,10 +25,27 @@ pub struct Proxy {
     routes: ArcSwap<RouteTable>,
     clusters: BTreeMap<String, Arc<ClusterView>>,
     api_table: ArcSwap<ApiTable>,
+    state: StateStore,
+    pub producers: Producers,
+    pub identities: Identities,
+    /// One route change at a time: a reload and an API switch never interleave.
+    changing: tokio::sync::Mutex<()>,
+    /// Per topic, its (produce, consume) before its latest switch, for rollback.
+    history: Mutex<HashMap<String, PreviousRoute>>,
+}
+
+/// A topic's (produce, consume) clusters before a switch.
+type PreviousRoute = (Option<String>, Option<String>);
+
+/// A topic switch or rollback asked for through the admin API.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct TopicSwitch {
+    pub produce: Option<String>,
+    pub consume: Option<String>,
 }
 
 impl Proxy {
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Proxy> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Proxy>, StateError> {
         let clusters = config
             .clusters
             .iter()
@@ -32,13 +53,39 @@ impl Proxy {
             .collect();
         let routes = RouteTable::new(1, &config);
         metrics::route_version(1);
-        Arc::new(Proxy {
+        let state = StateStore::open(&config.proxy.state_dir)?;
+        Ok(Arc::new(Proxy {
             config_path,
             routes: ArcSwap::from_pointee(routes),
             config: ArcSwap::from_pointee(config),
             clusters,
             api_table: ArcSwap::from_pointee(ApiTable::new()),
-        })
+            state,
+            producers: Producers::default(),
+            identities: Identities::default(),
+            changing: tokio::sync::Mutex::new(()),
+            history: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Whether more than one cluster is configured. With one, there is nothing to
+    /// route: requests are forwarded as they are and producer ids stay upstream ids.
+    pub fn multi_cluster(&self) -> bool {
+        self.clusters.len() > 1
+    }
+
+    /// Stable index of a cluster (its position in name order), used in virtual
+    /// producer ids.
+    pub fn cluster_index(&self, name: &str) -> usize {
+        self.clusters.keys().position(|n| n == name).unwrap_or(0)
+    }
+
+    pub fn cluster_by_index(&self, index: usize) -> Option<&Arc<ClusterView>> {
+        self.clusters.values().nth(index)
+    }
+
+    pub fn marks(&self) -> Vec<Mark> {
+        self.state.marks()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -98,45 +145,174 @@ impl Proxy {
             .map(|c| (c.clone(), virtual_id - c.config.node_id_offset))
     }
 
-    /// Reloads the config file: validates everything, then swaps the routing table in
-    /// one store. On any error nothing changes and every error is returned.
-    /// Cluster and listener changes need a restart; they are reported, not applied.
-    pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let Some(path) = &self.config_path else {
-            return Err(ConfigErrors(vec!["no config file to reload".into()]));
+    /// Reloads the config file: validates everything, records switch marks for the
+    /// topics whose writes move, then swaps the routing table in one store. On any
+    /// error nothing changes and every error is returned. Cluster and listener
+    /// changes need a restart; they are reported, not applied.
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let result = match &self.config_path {
+            None => Err(ConfigErrors(vec!["no config file to reload".into()])),
+            Some(path) => Config::load(path),
         };
-        let result = Config::load(path).and_then(|new| {
-            let old = self.config.load();
-            let mut errors = Vec::new();
-            if new.clusters != old.clusters {
-                errors.push(
-                    "[clusters]: adding, removing or changing clusters needs a restart".into(),
-                );
-            }
-            if new.listener != old.listener || new.admin_bind != old.admin_bind {
-                errors.push("[listener]/[admin]: listener changes need a restart".into());
-            }
-            if !errors.is_empty() {
-                return Err(ConfigErrors(errors));
-            }
-            Ok(new)
-        });
-        match result {
-            Ok(new) => {
-                let version = self.routes.load().version + 1;
-                let table = RouteTable::new(version, &new);
-                self.config.store(Arc::new(new));
-                self.routes.store(Arc::new(table));
-                metrics::route_version(version);
+        let result = match result {
+            Ok(new) => self.apply(new).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(version) => {
                 metrics::reload("ok");
                 tracing::info!(version, "config reloaded; routing table swapped");
-                Ok(version)
             }
             Err(e) => {
                 metrics::reload("rejected");
                 tracing::warn!(errors = %e, "config reload rejected; running routes unchanged");
-                Err(e)
             }
         }
+        result
+    }
+
+    /// Switches one topic's routes on top of the running table (admin API and CLI).
+    /// The config file is not edited: the next file reload replaces this change.
+    pub async fn switch_topic(&self, topic: &str, req: TopicSwitch) -> Result<u64, ConfigErrors> {
+        let mut errors = Vec::new();
+        for c in req.produce.iter().chain(req.consume.iter()) {
+            if !self.clusters.contains_key(c) {
+                errors.push(format!("unknown cluster `{c}`"));
+            }
+        }
+        if req.produce.is_none() && req.consume.is_none() {
+            errors.push("nothing to switch: give `produce` and/or `consume`".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let mut new = (*self.config()).clone();
+        let routes = self.routes();
+        let current = TopicRoute {
+            matcher: Matcher::Exact(topic.to_string()),
+            produce: Some(routes.produce_cluster(topic).to_string()),
+            consume: Some(routes.consume_cluster(topic).to_string()),
+            rename: routes
+                .topic_row(topic)
+                .map(|r| match &r.matcher {
+                    Matcher::Exact(_) => r.rename.clone(),
+                    Matcher::Regex(_) => r
+                        .rename
+                        .keys()
+                        .map(|c| (c.clone(), routes.physical_topic(topic, c)))
+                        .collect(),
+                })
+                .unwrap_or_default(),
+        };
+        let mut row = current;
+        if let Some(p) = req.produce {
+            row.produce = Some(p);
+        }
+        if let Some(c) = req.consume {
+            row.consume = Some(c);
+        }
+        new.routes
+            .topics
+            .retain(|t| !matches!(&t.matcher, Matcher::Exact(n) if n == topic));
+        new.routes.topics.push(row);
+        let result = self.apply(new).await;
+        if let Ok(v) = &result {
+            metrics::switch("topic", "ok");
+            tracing::info!(topic, version = v, "topic switched through the admin API");
+        } else {
+            metrics::switch("topic", "rejected");
+        }
+        result
+    }
+
+    /// Puts a topic back where it was before its latest switch.
+    pub async fn rollback_topic(&self, topic: &str) -> Result<u64, ConfigErrors> {
+        let previous = self.history.lock().expect("history lock").get(topic).cloned();
+        let Some((produce, consume)) = previous else {
+            return Err(ConfigErrors(vec![format!(
+                "topic `{topic}` has not been switched since this proxy started; nothing to roll back"
+            )]));
+        };
+        self.switch_topic(topic, TopicSwitch { produce, consume }).await
+    }
+
+    /// Validates `new` against the running config, records marks for every topic
+    /// whose writes move, and swaps the table. All or nothing.
+    async fn apply(&self, new: Config) -> Result<u64, ConfigErrors> {
+        let _one_at_a_time = self.changing.lock().await;
+        let old = self.config.load_full();
+        let mut errors = Vec::new();
+        if new.clusters != old.clusters {
+            errors.push("[clusters]: adding, removing or changing clusters needs a restart".into());
+        }
+        if new.listener != old.listener || new.admin_bind != old.admin_bind {
+            errors.push("[listener]/[admin]: listener changes need a restart".into());
+        }
+        if new.proxy.state_dir != old.proxy.state_dir {
+            errors.push("[proxy] state_dir: changing it needs a restart".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let old_table = self.routes.load_full();
+        let version = old_table.version + 1;
+        let table = RouteTable::new(version, &new);
+        let timeout = new.proxy.connect_timeout.max(std::time::Duration::from_secs(5));
+        let flips = self
+            .flips(&old_table, &table, timeout)
+            .await
+            .map_err(|e| ConfigErrors(vec![e]))?;
+        // Marks first, durably: they must describe the target before any write
+        // routed by the new table can reach it.
+        let mut marks = Vec::new();
+        for flip in &flips {
+            let cluster = self
+                .clusters
+                .get(&flip.to)
+                .expect("validated cluster names");
+            marks.push(
+                switch::mark_for(flip, &table, cluster, timeout)
+                    .await
+                    .map_err(|e| ConfigErrors(vec![e]))?,
+            );
+        }
+        for m in marks {
+            tracing::info!(topic = %m.topic, cluster = %m.cluster, partitions = m.partitions.len(), "switch mark recorded");
+            self.state
+                .record_mark(m)
+                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        }
+        {
+            let mut history = self.history.lock().expect("history lock");
+            for flip in &flips {
+                history.insert(
+                    flip.topic.clone(),
+                    (
+                        Some(flip.from.clone()),
+                        Some(old_table.consume_cluster(&flip.topic).to_string()),
+                    ),
+                );
+            }
+        }
+        self.config.store(Arc::new(new));
+        self.routes.store(Arc::new(table));
+        metrics::route_version(version);
+        for flip in &flips {
+            tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipped");
+        }
+        Ok(version)
+    }
+
+    async fn flips(
+        &self,
+        old: &RouteTable,
+        new: &RouteTable,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<ProduceFlip>, String> {
+        let clusters: Vec<&ClusterView> = self.clusters.values().map(|c| c.as_ref()).collect();
+        let topics = switch::candidate_topics(old, new, &clusters, timeout)
+            .await
+            .map_err(|e| format!("listing topics to compare routes: {e}"))?;
+        Ok(switch::produce_flips(old, new, &topics))
     }
 }

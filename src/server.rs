@@ -32,7 +32,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let proxy = Proxy::new(config, config_path.clone());
+    let proxy = Proxy::new(config, config_path.clone())?;
     let config = proxy.config();
 
     // Learn every cluster before accepting clients, so the first ApiVersions answer
@@ -140,7 +140,7 @@ async fn watch_config(proxy: Arc<Proxy>, path: PathBuf, shutdown: CancellationTo
         if now != last && now.is_some() {
             last = now;
             tracing::info!(path = %path.display(), "config file changed; reloading");
-            let _ = proxy.reload();
+            let _ = proxy.reload().await;
         }
     }
 }
@@ -160,7 +160,11 @@ async fn signals(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.cancel(); return; }
             _ = int.recv() => { tracing::info!("SIGINT"); shutdown.cancel(); return; }
-            _ = hup.recv() => { tracing::info!("SIGHUP: reloading config"); let _ = proxy.reload(); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let p = proxy.clone();
+                tokio::spawn(async move { let _ = p.reload().await; });
+            }
         }
     }
 }

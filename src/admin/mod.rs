@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, TopicSwitch};
 
 #[derive(Clone)]
 struct AdminState {
@@ -27,6 +27,8 @@ pub fn router(proxy: Arc<Proxy>, metrics: PrometheusHandle) -> Router {
         .route("/status", get(status))
         .route("/routes", get(routes))
         .route("/reload", post(reload))
+        .route("/switch/topic/{name}", post(switch_topic))
+        .route("/rollback/topic/{name}", post(rollback_topic))
         .route("/switch/{kind}/{name}", post(not_yet))
         .route("/rollback/{kind}/{name}", post(not_yet))
         .with_state(AdminState { proxy, metrics })
@@ -136,6 +138,9 @@ pub fn status_json(proxy: &Proxy) -> Value {
         "clusters": clusters,
         "routes": routes_json(proxy),
         "advertised_api_versions": advertised,
+        "marks": proxy.marks(),
+        "groups_attributed": proxy.identities.group_members(),
+        "virtual_producers": proxy.producers.len(),
         "switches": [],
     })
 }
@@ -148,22 +153,74 @@ async fn routes(State(s): State<AdminState>) -> Json<Value> {
     Json(routes_json(&s.proxy))
 }
 
-async fn reload(State(s): State<AdminState>) -> Response {
-    match s.proxy.reload() {
+fn outcome(proxy: &Proxy, result: Result<u64, crate::config::ConfigErrors>) -> Response {
+    match result {
         Ok(version) => (StatusCode::OK, Json(json!({"route_version": version}))).into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({"errors": e.0, "route_version": s.proxy.routes().version})),
+            Json(json!({"errors": e.0, "route_version": proxy.routes().version})),
         )
             .into_response(),
     }
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    let result = s.proxy.reload().await;
+    outcome(&s.proxy, result)
+}
+
+/// `POST /switch/topic/{topic}` with `{"produce": "...", "consume": "..."}`.
+async fn switch_topic(
+    State(s): State<AdminState>,
+    Path(topic): Path<String>,
+    body: Option<Json<TopicSwitch>>,
+) -> Response {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let result = s.proxy.switch_topic(&topic, req).await;
+    let version = result.as_ref().ok().copied();
+    let mut resp = outcome(&s.proxy, result);
+    if let Some(v) = version {
+        let routes = s.proxy.routes();
+        resp = (
+            StatusCode::OK,
+            Json(json!({
+                "route_version": v,
+                "topic": topic,
+                "produce": routes.produce_cluster(&topic),
+                "consume": routes.consume_cluster(&topic),
+                "marks": s.proxy.marks().into_iter().filter(|m| m.topic == topic).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response();
+    }
+    resp
+}
+
+async fn rollback_topic(State(s): State<AdminState>, Path(topic): Path<String>) -> Response {
+    let result = s.proxy.rollback_topic(&topic).await;
+    let ok = result.is_ok();
+    let resp = outcome(&s.proxy, result);
+    if ok {
+        let routes = s.proxy.routes();
+        return (
+            StatusCode::OK,
+            Json(json!({
+                "route_version": routes.version,
+                "topic": topic,
+                "produce": routes.produce_cluster(&topic),
+                "consume": routes.consume_cluster(&topic),
+            })),
+        )
+            .into_response();
+    }
+    resp
 }
 
 async fn not_yet(Path((kind, name)): Path<(String, String)>) -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
         Json(json!({
-            "error": format!("switching {kind} `{name}` needs multi-cluster routing, which this build does not have yet; edit the config and POST /reload"),
+            "error": format!("switching {kind} `{name}`: group switches (offset handoff) are not in this build yet; only `topic` is"),
         })),
     )
         .into_response()

@@ -445,6 +445,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     if raw.clusters.is_empty() {
         errors.push("[clusters]: at least one cluster is required".into());
     }
+    if raw.clusters.len() > crate::switch::producers::MAX_CLUSTERS {
+        errors.push(format!(
+            "[clusters]: {} clusters configured; at most {} (virtual producer ids name their cluster in 4 bits)",
+            raw.clusters.len(),
+            crate::switch::producers::MAX_CLUSTERS
+        ));
+    }
     let mut clusters = Vec::new();
     for (name, c) in &raw.clusters {
         let section = format!("clusters.{name}");

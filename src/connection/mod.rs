@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{self, FrameError, RequestFrame};
+use crate::handlers::routing::{self, RouteError, Session};
 use crate::handlers::{self, api_versions, Action, Forwarded, VirtualMap};
 use crate::metrics;
 use crate::proxy::Proxy;
@@ -165,6 +166,7 @@ async fn connect_upstream(
 
 /// What both halves of a connection know about the upstream they talk to.
 struct Link {
+    view: Arc<ClusterView>,
     cluster: String,
     addr: String,
     map: VirtualMap,
@@ -199,6 +201,7 @@ where
     let config = proxy.config();
     tracing::debug!(%peer, upstream = %addr, cluster = cluster.name(), "connected");
     let link = Arc::new(Link {
+        view: cluster.clone(),
         cluster: cluster.name().to_string(),
         addr,
         map: proxy.virtual_map(&cluster),
@@ -212,7 +215,18 @@ where
     let conn_done = CancellationToken::new();
 
     let pump = tokio::spawn(pump(rx, up_r, client_w, link.clone(), conn_done.clone()));
-    let read_result = read_loop(&proxy, client_r, up_w, tx, &link, &shutdown, &conn_done).await;
+    let mut session = Session::new(peer.ip(), None);
+    let read_result = read_loop(
+        &proxy,
+        &mut session,
+        client_r,
+        up_w,
+        tx,
+        &link,
+        &shutdown,
+        &conn_done,
+    )
+    .await;
     match read_result {
         Ok(()) => {
             // Client done or shutdown: let the pump answer everything in flight.
@@ -228,8 +242,10 @@ where
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<R>(
     proxy: &Proxy,
+    session: &mut Session,
     mut client_r: R,
     up_w: tokio::net::tcp::OwnedWriteHalf,
     tx: mpsc::Sender<Pending>,
@@ -255,7 +271,12 @@ where
             let Ok(permit) = tx.reserve().await else {
                 return Ok(()); // pump gone; its error is reported there
             };
-            match decide(proxy, &frame, &link.map)? {
+            match decide(proxy, session, &frame, link).await? {
+                Action::Discard => metrics.request(
+                    handlers::api_name(frame.api),
+                    "ok",
+                    started.elapsed().as_secs_f64(),
+                ),
                 Action::Respond(out) => permit.send(Pending::Local {
                     frame: out,
                     api: handlers::api_name(frame.api),
@@ -335,13 +356,16 @@ fn reject_reason(e: &FrameError) -> &'static str {
     }
 }
 
-/// Version gate, then the handler. ApiVersions is always answered, even at versions
-/// the proxy does not know, because that is how clients discover what to use.
-fn decide(
+/// Version gate, then routing across clusters, then the handler. ApiVersions is
+/// always answered, even at versions the proxy does not know, because that is how
+/// clients discover what to use.
+async fn decide(
     proxy: &Proxy,
+    session: &mut Session,
     frame: &RequestFrame,
-    map: &VirtualMap,
+    link: &Link,
 ) -> Result<Action, ConnectionError> {
+    let map = &link.map;
     let table = proxy.api_table();
     if frame.api == ApiKey::ApiVersions {
         return Ok(Action::Respond(api_versions::respond(frame, &table)?));
@@ -352,6 +376,23 @@ fn decide(
             api: frame.api,
             version: frame.version(),
         });
+    }
+    if proxy.multi_cluster() {
+        // One load of the routing table for the whole request (DESIGN.md decision 3).
+        let mut ctx = routing::Ctx {
+            proxy,
+            routes: proxy.routes(),
+            cluster: &link.view,
+            map,
+            session,
+        };
+        drop(table);
+        match routing::route(&mut ctx, frame).await {
+            Ok(Some(action)) => return Ok(action),
+            Ok(None) => {}
+            Err(RouteError::Decode(e)) => return Err(ConnectionError::Decode(e)),
+            Err(RouteError::Upstream(e)) => return Err(ConnectionError::Upstream(e)),
+        }
     }
     Ok(handlers::handle(frame, map)?)
 }

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod groups;
 pub mod metadata;
 pub mod offsets;
+pub mod routing;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -108,6 +109,14 @@ pub enum ResponseRewrite {
     /// Broker resource names in DescribeConfigs / AlterConfigs /
     /// IncrementalAlterConfigs responses.
     Configs,
+    /// Produce across clusters: refused partitions merged back, names made logical.
+    Produce(Box<routing::Plan>),
+    /// The issued producer id becomes virtual (it names the issuing cluster).
+    InitProducerId { cluster: usize },
+    /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
+    FetchRouted(Box<routing::Plan>),
+    /// ListOffsets across clusters: as `ListOffsets`, plus refused partitions and names.
+    ListOffsetsRouted(Box<routing::Plan>),
     /// The client asked OffsetForLeaderEpoch; the proxy sent ListOffsets(latest)
     /// instead and answers from it (PROTOCOL.md §1).
     EpochFromListOffsets(offsets::EpochQuery),
@@ -124,6 +133,8 @@ pub enum Action {
         frame: Bytes,
         response: Option<Forwarded>,
     },
+    /// Nothing to send and nothing to answer (Produce acks=0 refused whole).
+    Discard,
 }
 
 /// Bookkeeping for a forwarded request's response.
@@ -254,6 +265,16 @@ pub fn rewrite_response(
         ResponseRewrite::ListOffsets => offsets::rewrite_list_offsets_frame(frame, version),
         ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
         ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
+        ResponseRewrite::Produce(plan) => routing::rewrite_produce_response(frame, version, plan),
+        ResponseRewrite::InitProducerId { cluster } => {
+            routing::rewrite_init_producer_id(frame, version, *cluster)
+        }
+        ResponseRewrite::FetchRouted(plan) => {
+            routing::rewrite_fetch_response(frame, version, plan, map)
+        }
+        ResponseRewrite::ListOffsetsRouted(plan) => {
+            routing::rewrite_list_offsets_response(frame, version, plan)
+        }
         ResponseRewrite::EpochFromListOffsets(query) => {
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)

@@ -156,6 +156,9 @@ pub struct ClusterView {
     reachable: AtomicBool,
     last_error: ArcSwap<Option<String>>,
     upstream_cluster_id: ArcSwap<Option<String>>,
+    /// Idle connections for the proxy's own requests (merged Metadata, producer ids,
+    /// coordinators, switch marks). Each is used by one request at a time.
+    idle: std::sync::Mutex<Vec<(String, TcpStream)>>,
 }
 
 impl ClusterView {
@@ -168,6 +171,7 @@ impl ClusterView {
             reachable: AtomicBool::new(false),
             last_error: ArcSwap::from_pointee(None),
             upstream_cluster_id: ArcSwap::from_pointee(None),
+            idle: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -213,6 +217,92 @@ impl ClusterView {
             }
         }
         addrs
+    }
+
+    /// Sends one request of the proxy's own to any live broker of this cluster and
+    /// returns the decoded response. Connections are pooled; a connection that fails
+    /// is dropped and the next candidate broker is tried.
+    pub async fn call<Req: Encodable, Resp: Decodable>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, UpstreamError> {
+        self.call_to(None, api, version, body, timeout).await
+    }
+
+    /// Like [`call`](Self::call), to one broker (`Some(id)`) or any (`None`).
+    pub async fn call_to<Req: Encodable, Resp: Decodable>(
+        &self,
+        broker: Option<i32>,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, UpstreamError> {
+        let only = match broker {
+            Some(id) => Some(
+                self.broker(id)
+                    .ok_or_else(|| UpstreamError::NoBroker(format!("{} broker {id}", self.name())))?
+                    .addr(),
+            ),
+            None => None,
+        };
+        let pooled = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            match &only {
+                Some(a) => idle
+                    .iter()
+                    .position(|(addr, _)| addr == a)
+                    .map(|i| idle.swap_remove(i)),
+                None => idle.pop(),
+            }
+        };
+        if let Some((addr, mut stream)) = pooled {
+            if let Ok(resp) = round_trip(&mut stream, &addr, api, version, body, timeout).await {
+                self.give_back(addr, stream);
+                return Ok(resp);
+            }
+        }
+        let mut last = UpstreamError::NoBroker(self.name().to_string());
+        let candidates = match only {
+            Some(a) => vec![a],
+            None => self.candidate_addrs(),
+        };
+        for addr in candidates {
+            let attempt = async {
+                let mut stream = connect(&addr, timeout).await?;
+                let resp = round_trip(&mut stream, &addr, api, version, body, timeout).await?;
+                Ok::<_, UpstreamError>((stream, resp))
+            };
+            match attempt.await {
+                Ok((stream, resp)) => {
+                    self.give_back(addr, stream);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    metrics::upstream_error(self.name(), e.kind());
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn give_back(&self, addr: String, stream: TcpStream) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < 8 {
+            idle.push((addr, stream));
+        }
+    }
+
+    /// The highest version of `api` this cluster supports, capped at `cap`.
+    pub fn version_for(&self, api: ApiKey, cap: i16) -> Option<i16> {
+        let ranges = self.api_ranges.load();
+        let (min, max) = *(**ranges).as_ref()?.get(&(api as i16))?;
+        let v = max.min(cap);
+        (v >= min).then_some(v)
     }
 
     /// Asks the cluster for its brokers and API versions. Tries every candidate

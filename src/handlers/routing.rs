@@ -1,0 +1,1095 @@
+//! Routing across clusters (DESIGN.md decisions 2, 7 and 8).
+//!
+//! Every request reaches a virtual broker, which stands for one upstream broker of
+//! one cluster. This module decides, with the routing table loaded once for the
+//! request, what of it belongs on that cluster:
+//!
+//! - **Produce:** partitions of topics whose `produce` route is elsewhere come back
+//!   as NOT_LEADER_OR_FOLLOWER, so the client refreshes metadata and goes there; the
+//!   rest go upstream with physical topic names and upstream producer ids.
+//! - **Fetch, ListOffsets, OffsetForLeaderEpoch:** the same, by the *read* route: the
+//!   group's cluster for an identity linked to one group, else the topic's `consume`.
+//! - **Group APIs:** NOT_COORDINATOR when the group lives on another cluster;
+//!   FindCoordinator is answered from the group's cluster.
+//! - **Metadata:** merged from every cluster: each topic from the cluster this
+//!   client would be routed to, the virtual brokers of every cluster.
+//! - **InitProducerId:** the issued id becomes a virtual one.
+//!
+//! With a single cluster configured none of this runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest,
+    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{fetch, groups, metadata, offsets, Action, Forwarded, ResponseRewrite, VirtualMap};
+use crate::codec::{self, DecodeError, RequestFrame};
+use crate::metrics;
+use crate::proxy::Proxy;
+use crate::routes::RouteTable;
+use crate::switch::identity::IdentityKey;
+use crate::switch::producers::{self, BatchError};
+use crate::upstream::{ClusterView, UpstreamError};
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const NOT_COORDINATOR: i16 = 16;
+const LEADER_NOT_AVAILABLE: i16 = 5;
+
+/// What a connection has shown itself to be; decides which route Metadata follows
+/// on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Unknown,
+    Writer,
+    Reader,
+}
+
+/// Who is on the other end of one client connection.
+#[derive(Debug)]
+pub struct Session {
+    pub peer_ip: IpAddr,
+    pub principal: Option<String>,
+    pub role: Role,
+    key: Option<IdentityKey>,
+}
+
+impl Session {
+    pub fn new(peer_ip: IpAddr, principal: Option<String>) -> Session {
+        Session {
+            peer_ip,
+            principal,
+            role: Role::Unknown,
+            key: None,
+        }
+    }
+
+    /// The identity key for this request's client id (client ids do not change on a
+    /// connection in practice; if one does, the key follows it).
+    fn key(&mut self, client_id: Option<&str>) -> &IdentityKey {
+        let client_id = client_id.unwrap_or("");
+        let stale = match &self.key {
+            Some(k) => k.principal.is_none() && k.client_id != client_id,
+            None => true,
+        };
+        if stale {
+            self.key = Some(IdentityKey::new(
+                self.principal.as_deref(),
+                client_id,
+                self.peer_ip,
+            ));
+        }
+        self.key.as_ref().expect("set above")
+    }
+}
+
+/// Why a routed request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Everything a routing decision needs, for one request.
+pub struct Ctx<'a> {
+    pub proxy: &'a Proxy,
+    pub routes: Arc<RouteTable>,
+    pub cluster: &'a Arc<ClusterView>,
+    pub map: &'a VirtualMap,
+    pub session: &'a mut Session,
+}
+
+/// A topic and the partitions the proxy answered itself with `error`.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub topic: TopicName,
+    pub partitions: Vec<i32>,
+}
+
+/// What a routed Produce, Fetch or ListOffsets response needs on its way back.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub refused: Vec<Refused>,
+    /// physical name upstream → logical name the client used
+    pub renames: HashMap<TopicName, TopicName>,
+    /// For fetches: topics (logical) this connection must not serve at all, even if
+    /// the broker's fetch session still returns them.
+    pub not_here: Option<ReadCheck>,
+}
+
+/// Whether a logical topic is read from another cluster, for one request's routes.
+#[derive(Clone)]
+pub struct ReadCheck(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl ReadCheck {
+    fn elsewhere(&self, topic: &str) -> bool {
+        (self.0)(topic)
+    }
+}
+
+impl std::fmt::Debug for ReadCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadCheck")
+    }
+}
+
+impl Plan {
+    fn is_noop(&self) -> bool {
+        self.refused.is_empty() && self.renames.is_empty() && self.not_here.is_none()
+    }
+
+    fn logical(&self, name: &TopicName) -> TopicName {
+        self.renames.get(name).cloned().unwrap_or_else(|| name.clone())
+    }
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+impl Ctx<'_> {
+    fn here(&self) -> &str {
+        self.cluster.name()
+    }
+
+    fn identity(&mut self, frame: &RequestFrame) -> IdentityKey {
+        let client_id = frame.header.client_id.as_ref().map(|s| s.as_str());
+        self.session.key(client_id).clone()
+    }
+
+    /// The group this connection's identity reads for, if exactly one.
+    fn group_of(&mut self, frame: &RequestFrame) -> Option<String> {
+        let key = self.identity(frame);
+        self.proxy
+            .identities
+            .get(&key)
+            .and_then(|i| i.single_group().map(str::to_string))
+    }
+
+    /// Cluster that serves reads of `topic` for this client.
+    fn read_cluster<'r>(routes: &'r RouteTable, group: Option<&str>, topic: &str) -> &'r str {
+        match group {
+            Some(g) => routes.group_cluster(g),
+            None => routes.consume_cluster(topic),
+        }
+    }
+
+    /// Cluster whose view of `topic` Metadata gives this connection.
+    fn view_cluster(&self, role: Role, group: Option<&str>, reads: bool, topic: &str) -> String {
+        let routes = &self.routes;
+        match role {
+            Role::Writer => routes.produce_cluster(topic).to_string(),
+            Role::Reader => Self::read_cluster(routes, group, topic).to_string(),
+            Role::Unknown if reads || group.is_some() => {
+                Self::read_cluster(routes, group, topic).to_string()
+            }
+            Role::Unknown => routes.produce_cluster(topic).to_string(),
+        }
+    }
+}
+
+/// Routes a request when more than one cluster is configured. `None`: not a routed
+/// API, the plain handler takes it.
+pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+    Ok(Some(match frame.api {
+        ApiKey::Metadata => metadata(ctx, frame).await?,
+        ApiKey::Produce => produce(ctx, frame).await?,
+        ApiKey::InitProducerId => init_producer_id(ctx, frame)?,
+        ApiKey::Fetch => fetch(ctx, frame)?,
+        ApiKey::ListOffsets => list_offsets(ctx, frame)?,
+        ApiKey::OffsetForLeaderEpoch => match offset_for_leader_epoch(ctx, frame)? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+        ApiKey::FindCoordinator => match find_coordinator(ctx, frame).await? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch => match group_api(ctx, frame)? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+fn respond<T: kafka_protocol::protocol::Encodable>(
+    frame: &RequestFrame,
+    body: &T,
+) -> Result<Action, RouteError> {
+    Ok(Action::Respond(codec::encode_response(
+        frame.api,
+        frame.version(),
+        frame.correlation_id(),
+        body,
+    )?))
+}
+
+fn forward(frame: &RequestFrame, bytes: Bytes, rewrite: ResponseRewrite) -> Action {
+    Action::Forward {
+        frame: bytes,
+        response: Some(Forwarded {
+            upstream_api: frame.api,
+            upstream_version: frame.version(),
+            rewrite,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------- metadata
+
+async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let req: MetadataRequest = frame.decode()?;
+    let version = frame.version();
+    let key = ctx.identity(frame);
+    let ident = ctx.proxy.identities.get(&key);
+    let group = ident
+        .as_ref()
+        .and_then(|i| i.single_group().map(str::to_string));
+    let reads = ident.as_ref().map(|i| i.reads && !i.writes).unwrap_or(false);
+    let role = ctx.session.role;
+    let timeout = ctx.proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+
+    // Which topics to ask each cluster for (physical names), and which logical
+    // name each answer stands for.
+    let clusters: Vec<Arc<ClusterView>> = ctx.proxy.clusters().cloned().collect();
+    let mut asks: BTreeMap<String, Option<Vec<(TopicName, TopicName)>>> = clusters
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                req.topics.as_ref().map(|_| Vec::new()),
+            )
+        })
+        .collect();
+    if let Some(topics) = &req.topics {
+        for t in topics {
+            let Some(name) = &t.name else { continue };
+            let c = ctx.view_cluster(role, group.as_deref(), reads, name);
+            let physical = topic_name(&ctx.routes.physical_topic(name, &c));
+            if let Some(Some(list)) = asks.get_mut(&c) {
+                list.push((physical, name.clone()));
+            }
+        }
+    }
+
+    let default_cluster = ctx.routes.default_cluster.clone();
+    let mut merged = MetadataResponse::default();
+    let mut have_controller = false;
+    for c in &clusters {
+        let ask = &asks[c.name()];
+        let sub = req.clone().with_topics(ask.as_ref().map(|list| {
+            list.iter()
+                .map(|(p, _)| MetadataRequestTopic::default().with_name(Some(p.clone())))
+                .collect()
+        }));
+        let map = ctx.proxy.virtual_map(c);
+        let resp: Result<MetadataResponse, _> =
+            c.call(ApiKey::Metadata, version, &sub, timeout).await;
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                // An unreachable cluster contributes no brokers; the topics routed
+                // to it are reported as having no leader (retriable).
+                tracing::debug!(cluster = c.name(), error = %e, "metadata from cluster failed");
+                if let Some(list) = ask {
+                    for (_, logical) in list {
+                        merged.topics.push(
+                            MetadataResponseTopic::default()
+                                .with_name(Some(logical.clone()))
+                                .with_error_code(LEADER_NOT_AVAILABLE),
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        metadata::rewrite_metadata(&mut resp, &map);
+        merged.brokers.append(&mut resp.brokers);
+        merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+        if c.name() == default_cluster {
+            merged.controller_id = resp.controller_id;
+            merged.cluster_authorized_operations = resp.cluster_authorized_operations;
+            have_controller = true;
+        } else if !have_controller {
+            merged.controller_id = resp.controller_id;
+        }
+        let back: HashMap<TopicName, TopicName> = match ask {
+            Some(list) => list.iter().cloned().collect(),
+            None => reverse_renames(&ctx.routes, c.name()),
+        };
+        for mut t in resp.topics {
+            let physical = t.name.clone().unwrap_or_default();
+            let logical = back.get(&physical).cloned().unwrap_or(physical);
+            if ask.is_none() {
+                // All topics: keep each from the cluster this client is routed to.
+                if ctx.view_cluster(role, group.as_deref(), reads, &logical) != c.name() {
+                    continue;
+                }
+            }
+            t.name = Some(logical);
+            merged.topics.push(t);
+        }
+    }
+    merged.cluster_id = Some(StrBytes::from_string(ctx.map.cluster_id.clone()));
+    respond(frame, &merged)
+}
+
+/// physical → logical names on `cluster` for exact rows with a rename there.
+fn reverse_renames(routes: &RouteTable, cluster: &str) -> HashMap<TopicName, TopicName> {
+    routes
+        .topics()
+        .iter()
+        .filter_map(|t| match &t.matcher {
+            crate::config::Matcher::Exact(logical) => t
+                .rename
+                .get(cluster)
+                .map(|p| (topic_name(p), topic_name(logical))),
+            crate::config::Matcher::Regex(_) => None,
+        })
+        .collect()
+}
+
+// ----------------------------------------------------------------- produce
+
+async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: ProduceRequest = frame.decode()?;
+    ctx.session.role = Role::Writer;
+    let key = ctx.identity(frame);
+    ctx.proxy.identities.note_write(&key);
+    let here = ctx.here().to_string();
+    let here_idx = ctx.proxy.cluster_index(&here);
+    let mut plan = Plan::default();
+    let mut changed = false;
+
+    req.topic_data.retain_mut(|t| {
+        if ctx.routes.produce_cluster(&t.name) != here {
+            plan.refused.push(Refused {
+                topic: t.name.clone(),
+                partitions: t.partition_data.iter().map(|p| p.index).collect(),
+            });
+            return false;
+        }
+        let physical = ctx.routes.physical_topic(&t.name, &here);
+        if physical != t.name.as_str() {
+            let physical = topic_name(&physical);
+            plan.renames.insert(physical.clone(), t.name.clone());
+            t.name = physical;
+        }
+        true
+    });
+    if !plan.refused.is_empty() || !plan.renames.is_empty() {
+        changed = true;
+    }
+    if !plan.refused.is_empty() {
+        metrics::steered("Produce", &here);
+    }
+
+    // Producer ids: batches of idempotent, non-transactional producers carry a
+    // virtual id; upstream gets this cluster's id for that producer.
+    for t in &mut req.topic_data {
+        let logical = plan.logical(&t.name);
+        for p in &mut t.partition_data {
+            let Some(records) = &p.records else { continue };
+            let headers = match producers::batches(records) {
+                Ok(h) => h,
+                // Old formats carry no producer id; anything malformed is the
+                // broker's to reject, with its own error.
+                Err(BatchError::OldMagic { .. }) | Err(BatchError::Truncated(_)) => continue,
+            };
+            if !headers
+                .iter()
+                .any(|h| h.producer_id >= 0 && !h.transactional)
+            {
+                continue;
+            }
+            let mut out = BytesMut::from(&records[..]);
+            for h in &headers {
+                if h.producer_id < 0 || h.transactional {
+                    continue;
+                }
+                let up = loop {
+                    match ctx
+                        .proxy
+                        .producers
+                        .plan(h, &logical, p.index, here_idx)
+                    {
+                        Ok(up) => break up,
+                        Err(need) => {
+                            let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
+                            tracing::info!(
+                                virtual_id = h.producer_id,
+                                cluster = %here,
+                                producer_id = pid,
+                                "producer id issued for a producer from another cluster"
+                            );
+                            ctx.proxy.producers.set_foreign(
+                                h.producer_id,
+                                need.cluster,
+                                pid,
+                                epoch,
+                                h.epoch,
+                            );
+                        }
+                    }
+                };
+                producers::patch_batch(
+                    &mut out[h.at..h.at + h.len],
+                    up.producer_id,
+                    up.epoch,
+                    up.base_sequence,
+                );
+            }
+            p.records = Some(out.freeze());
+            changed = true;
+        }
+    }
+
+    let acks = req.acks;
+    if req.topic_data.is_empty() {
+        if acks == 0 {
+            return Ok(Action::Discard);
+        }
+        return respond(frame, &produce_errors(&plan, ProduceResponse::default()));
+    }
+    let bytes = if changed {
+        codec::encode_request(frame.api, &frame.header, &req)?
+    } else {
+        frame.bytes.clone()
+    };
+    if acks == 0 {
+        return Ok(Action::Forward {
+            frame: bytes,
+            response: None,
+        });
+    }
+    let rewrite = if plan.is_noop() {
+        ResponseRewrite::None
+    } else {
+        ResponseRewrite::Produce(Box::new(plan))
+    };
+    Ok(forward(frame, bytes, rewrite))
+}
+
+/// Asks `cluster` for a producer id of its own (idempotent, not transactional).
+async fn foreign_producer_id(
+    cluster: &ClusterView,
+    proxy: &Proxy,
+) -> Result<(i64, i16), RouteError> {
+    let timeout = proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+    let version = cluster.version_for(ApiKey::InitProducerId, 2).unwrap_or(0);
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(i32::MAX)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let resp: InitProducerIdResponse = cluster
+        .call(ApiKey::InitProducerId, version, &req, timeout)
+        .await?;
+    if resp.error_code != 0 {
+        return Err(RouteError::Upstream(UpstreamError::Protocol {
+            addr: cluster.name().to_string(),
+            reason: format!("InitProducerId error {}", resp.error_code),
+        }));
+    }
+    Ok((resp.producer_id.0, resp.producer_epoch))
+}
+
+fn produce_errors(plan: &Plan, mut resp: ProduceResponse) -> ProduceResponse {
+    for t in &mut resp.responses {
+        t.name = plan.logical(&t.name);
+    }
+    for r in &plan.refused {
+        resp.responses.push(
+            TopicProduceResponse::default()
+                .with_name(r.topic.clone())
+                .with_partition_responses(
+                    r.partitions
+                        .iter()
+                        .map(|p| {
+                            PartitionProduceResponse::default()
+                                .with_index(*p)
+                                .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    resp
+}
+
+pub fn rewrite_produce_response(
+    frame: Bytes,
+    version: i16,
+    plan: &Plan,
+) -> Result<Bytes, DecodeError> {
+    let (header, resp) = codec::decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)?;
+    let resp = produce_errors(plan, resp);
+    codec::encode_response(ApiKey::Produce, version, header.correlation_id, &resp)
+}
+
+fn init_producer_id(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: InitProducerIdRequest = frame.decode()?;
+    ctx.session.role = Role::Writer;
+    if req.transactional_id.is_some() {
+        // Transactional producers keep their coordinator's id (module docs of
+        // switch::producers).
+        return Ok(forward(frame, frame.bytes.clone(), ResponseRewrite::None));
+    }
+    let here = ctx.proxy.cluster_index(ctx.here());
+    let mut bytes = frame.bytes.clone();
+    if req.producer_id.0 >= 0 {
+        // A client asking to bump its own (virtual) id: only its home can.
+        let (home, pid) = producers::from_virtual(req.producer_id.0);
+        if home == here {
+            req.producer_id = ProducerId(pid);
+        } else {
+            req.producer_id = ProducerId(-1);
+            req.producer_epoch = -1;
+        }
+        bytes = codec::encode_request(frame.api, &frame.header, &req)?;
+    }
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::InitProducerId { cluster: here },
+    ))
+}
+
+pub fn rewrite_init_producer_id(
+    frame: Bytes,
+    version: i16,
+    cluster: usize,
+) -> Result<Bytes, DecodeError> {
+    let (header, mut resp) =
+        codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, version, frame)?;
+    resp.producer_id = ProducerId(producers::to_virtual(resp.producer_id.0, cluster));
+    codec::encode_response(ApiKey::InitProducerId, version, header.correlation_id, &resp)
+}
+
+// ------------------------------------------------------------------- reads
+
+/// A closure telling whether a logical topic is read from another cluster than
+/// `here`, for this request's routes and group.
+fn not_here(routes: &Arc<RouteTable>, group: Option<String>, here: &str) -> ReadCheck {
+    let (routes, here) = (routes.clone(), here.to_string());
+    ReadCheck(Arc::new(move |topic: &str| {
+        Ctx::read_cluster(&routes, group.as_deref(), topic) != here
+    }))
+}
+
+fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Option<String> {
+    ctx.session.role = Role::Reader;
+    let key = ctx.identity(frame);
+    ctx.proxy.identities.note_read(&key);
+    let group = ctx.group_of(frame);
+    if group.is_none() {
+        metrics::unattributed_fetch();
+    }
+    group
+}
+
+fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: FetchRequest = frame.decode()?;
+    let group = reader(ctx, frame);
+    let here = ctx.here().to_string();
+    let elsewhere = not_here(&ctx.routes, group, &here);
+    let mut plan = Plan::default();
+    req.topics.retain_mut(|t| {
+        if elsewhere.elsewhere(&t.topic) {
+            plan.refused.push(Refused {
+                topic: t.topic.clone(),
+                partitions: t.partitions.iter().map(|p| p.partition).collect(),
+            });
+            return false;
+        }
+        let physical = ctx.routes.physical_topic(&t.topic, &here);
+        if physical != t.topic.as_str() {
+            let physical = topic_name(&physical);
+            plan.renames.insert(physical.clone(), t.topic.clone());
+            t.topic = physical;
+        }
+        true
+    });
+    for t in &mut req.forgotten_topics_data {
+        let physical = ctx.routes.physical_topic(&t.topic, &here);
+        if physical != t.topic.as_str() {
+            t.topic = topic_name(&physical);
+        }
+    }
+    if !plan.refused.is_empty() {
+        metrics::steered("Fetch", &here);
+    }
+    fetch::rewrite_request(&mut req);
+    if req.topics.is_empty() && req.forgotten_topics_data.is_empty() && !plan.refused.is_empty()
+    {
+        // Nothing left for this broker: answer at once instead of long-polling it.
+        let resp = fetch_errors(&plan, FetchResponse::default());
+        return respond(frame, &resp);
+    }
+    plan.not_here = Some(elsewhere);
+    let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
+    Ok(forward(frame, bytes, ResponseRewrite::FetchRouted(Box::new(plan))))
+}
+
+fn fetch_error_partition(p: i32) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(p)
+        .with_error_code(NOT_LEADER_OR_FOLLOWER)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_records(Some(Bytes::new()))
+}
+
+fn fetch_errors(plan: &Plan, mut resp: FetchResponse) -> FetchResponse {
+    for t in &mut resp.responses {
+        t.topic = plan.logical(&t.topic);
+        if let Some(elsewhere) = &plan.not_here {
+            // A fetch session can still return partitions the route moved away.
+            if elsewhere.elsewhere(&t.topic) {
+                for p in &mut t.partitions {
+                    *p = fetch_error_partition(p.partition_index);
+                }
+            }
+        }
+    }
+    for r in &plan.refused {
+        resp.responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(r.topic.clone())
+                .with_partitions(r.partitions.iter().map(|p| fetch_error_partition(*p)).collect()),
+        );
+    }
+    resp
+}
+
+pub fn rewrite_fetch_response(
+    frame: Bytes,
+    version: i16,
+    plan: &Plan,
+    map: &VirtualMap,
+) -> Result<Bytes, DecodeError> {
+    let (header, mut resp) = codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame)?;
+    fetch::rewrite_response(&mut resp, map);
+    let resp = fetch_errors(plan, resp);
+    codec::encode_response(ApiKey::Fetch, version, header.correlation_id, &resp)
+}
+
+fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: ListOffsetsRequest = frame.decode()?;
+    let group = reader(ctx, frame);
+    let here = ctx.here().to_string();
+    let elsewhere = not_here(&ctx.routes, group, &here);
+    let mut plan = Plan::default();
+    req.topics.retain_mut(|t| {
+        if elsewhere.elsewhere(&t.name) {
+            plan.refused.push(Refused {
+                topic: t.name.clone(),
+                partitions: t.partitions.iter().map(|p| p.partition_index).collect(),
+            });
+            return false;
+        }
+        let physical = ctx.routes.physical_topic(&t.name, &here);
+        if physical != t.name.as_str() {
+            let physical = topic_name(&physical);
+            plan.renames.insert(physical.clone(), t.name.clone());
+            t.name = physical;
+        }
+        true
+    });
+    offsets::clear_list_offsets_epochs(&mut req);
+    if !plan.refused.is_empty() {
+        metrics::steered("ListOffsets", &here);
+    }
+    if req.topics.is_empty() {
+        return respond(frame, &list_offsets_errors(&plan, ListOffsetsResponse::default()));
+    }
+    let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::ListOffsetsRouted(Box::new(plan)),
+    ))
+}
+
+fn list_offsets_errors(plan: &Plan, mut resp: ListOffsetsResponse) -> ListOffsetsResponse {
+    for t in &mut resp.topics {
+        t.name = plan.logical(&t.name);
+    }
+    for r in &plan.refused {
+        resp.topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(r.topic.clone())
+                .with_partitions(
+                    r.partitions
+                        .iter()
+                        .map(|p| {
+                            ListOffsetsPartitionResponse::default()
+                                .with_partition_index(*p)
+                                .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                                .with_timestamp(-1)
+                                .with_offset(-1)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    resp
+}
+
+pub fn rewrite_list_offsets_response(
+    frame: Bytes,
+    version: i16,
+    plan: &Plan,
+) -> Result<Bytes, DecodeError> {
+    let (header, mut resp) =
+        codec::decode_response::<ListOffsetsResponse>(ApiKey::ListOffsets, version, frame)?;
+    offsets::clear_list_offsets_response_epochs(&mut resp);
+    let resp = list_offsets_errors(plan, resp);
+    codec::encode_response(ApiKey::ListOffsets, version, header.correlation_id, &resp)
+}
+
+/// OffsetForLeaderEpoch for a topic read elsewhere is refused whole (the client
+/// re-validates after its metadata refresh). Renamed topics are not answered
+/// through the epoch path yet and are refused the same way.
+fn offset_for_leader_epoch(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: OffsetForLeaderEpochRequest = frame.decode()?;
+    let group = reader(ctx, frame);
+    let here = ctx.here().to_string();
+    let elsewhere = not_here(&ctx.routes, group, &here);
+    let refuse = req.topics.iter().any(|t| {
+        elsewhere.elsewhere(&t.topic) || ctx.routes.physical_topic(&t.topic, &here) != t.topic.as_str()
+    });
+    if !refuse {
+        return Ok(None);
+    }
+    metrics::steered("OffsetForLeaderEpoch", &here);
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    for t in &req.topics {
+        let mut rt = kafka_protocol::messages::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+            .with_topic(t.topic.clone());
+        for p in &t.partitions {
+            rt.partitions.push(
+                kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset::default()
+                    .with_partition(p.partition)
+                    .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1),
+            );
+        }
+        resp.topics.push(rt);
+    }
+    respond(frame, &resp).map(Some)
+}
+
+// ------------------------------------------------------------------ groups
+
+async fn find_coordinator(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: FindCoordinatorRequest = frame.decode()?;
+    if req.key_type != 0 {
+        return Ok(None); // transactional ids: the cluster the connection is on
+    }
+    let version = frame.version();
+    let keys: Vec<StrBytes> = if version >= 4 {
+        req.coordinator_keys.clone()
+    } else {
+        vec![req.key.clone()]
+    };
+    let here = ctx.here().to_string();
+    if keys
+        .iter()
+        .all(|k| ctx.routes.group_cluster(k) == here)
+    {
+        return Ok(None);
+    }
+    // Ask each group's cluster for its coordinator.
+    let timeout = ctx.proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+    let mut by_cluster: BTreeMap<String, Vec<StrBytes>> = BTreeMap::new();
+    for k in keys {
+        by_cluster
+            .entry(ctx.routes.group_cluster(&k).to_string())
+            .or_default()
+            .push(k);
+    }
+    let mut out = FindCoordinatorResponse::default();
+    for (cluster_name, keys) in by_cluster {
+        let cluster = ctx
+            .proxy
+            .cluster(&cluster_name)
+            .cloned()
+            .expect("validated cluster names");
+        let map = ctx.proxy.virtual_map(&cluster);
+        let sub = if version >= 4 {
+            req.clone().with_coordinator_keys(keys.clone())
+        } else {
+            req.clone()
+        };
+        let resp: Result<FindCoordinatorResponse, _> = cluster
+            .call(ApiKey::FindCoordinator, version, &sub, timeout)
+            .await;
+        match resp {
+            Ok(mut r) => {
+                groups::rewrite_find_coordinator(&mut r, version, &map);
+                if version >= 4 {
+                    out.coordinators.append(&mut r.coordinators);
+                } else {
+                    out = r;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster_name, error = %e, "FindCoordinator failed");
+                // COORDINATOR_NOT_AVAILABLE: the client retries.
+                if version >= 4 {
+                    for k in keys {
+                        out.coordinators.push(
+                            Coordinator::default()
+                                .with_key(k)
+                                .with_node_id(BrokerId(-1))
+                                .with_port(-1)
+                                .with_error_code(15),
+                        );
+                    }
+                } else {
+                    out = FindCoordinatorResponse::default()
+                        .with_error_code(15)
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1);
+                }
+            }
+        }
+    }
+    respond(frame, &out).map(Some)
+}
+
+/// Group-scoped APIs: link the identity to the group; steer with NOT_COORDINATOR
+/// when the group lives on another cluster.
+fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+    let group: String = match frame.api {
+        ApiKey::JoinGroup => frame.decode::<JoinGroupRequest>()?.group_id.to_string(),
+        ApiKey::SyncGroup => frame.decode::<SyncGroupRequest>()?.group_id.to_string(),
+        ApiKey::Heartbeat => frame.decode::<HeartbeatRequest>()?.group_id.to_string(),
+        ApiKey::LeaveGroup => frame.decode::<LeaveGroupRequest>()?.group_id.to_string(),
+        ApiKey::OffsetCommit => frame.decode::<OffsetCommitRequest>()?.group_id.to_string(),
+        ApiKey::OffsetFetch => {
+            let req: OffsetFetchRequest = frame.decode()?;
+            if frame.version() >= 8 {
+                match req.groups.as_slice() {
+                    [one] => one.group_id.to_string(),
+                    _ => return Ok(None),
+                }
+            } else {
+                req.group_id.to_string()
+            }
+        }
+        _ => return Ok(None),
+    };
+    if matches!(
+        frame.api,
+        ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::OffsetCommit
+    ) {
+        ctx.session.role = Role::Reader;
+        let key = ctx.identity(frame);
+        ctx.proxy.identities.link_group(&key, &group);
+    }
+    let here = ctx.here();
+    if ctx.routes.group_cluster(&group) == here {
+        return Ok(None);
+    }
+    metrics::steered(super::api_name(frame.api), here);
+    let action = match frame.api {
+        ApiKey::JoinGroup => {
+            let req: JoinGroupRequest = frame.decode()?;
+            respond(
+                frame,
+                &JoinGroupResponse::default()
+                    .with_error_code(NOT_COORDINATOR)
+                    .with_generation_id(-1)
+                    .with_member_id(req.member_id),
+            )?
+        }
+        ApiKey::SyncGroup => respond(
+            frame,
+            &SyncGroupResponse::default().with_error_code(NOT_COORDINATOR),
+        )?,
+        ApiKey::Heartbeat => respond(
+            frame,
+            &HeartbeatResponse::default().with_error_code(NOT_COORDINATOR),
+        )?,
+        ApiKey::LeaveGroup => respond(
+            frame,
+            &LeaveGroupResponse::default().with_error_code(NOT_COORDINATOR),
+        )?,
+        ApiKey::OffsetCommit => {
+            let req: OffsetCommitRequest = frame.decode()?;
+            let resp = OffsetCommitResponse::default().with_topics(
+                req.topics
+                    .iter()
+                    .map(|t| {
+                        OffsetCommitResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        OffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(NOT_COORDINATOR)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+            respond(frame, &resp)?
+        }
+        ApiKey::OffsetFetch => {
+            let req: OffsetFetchRequest = frame.decode()?;
+            let resp = if frame.version() >= 8 {
+                OffsetFetchResponse::default().with_groups(vec![OffsetFetchResponseGroup::default()
+                    .with_group_id(req.groups[0].group_id.clone())
+                    .with_error_code(NOT_COORDINATOR)])
+            } else {
+                OffsetFetchResponse::default().with_error_code(NOT_COORDINATOR)
+            };
+            respond(frame, &resp)?
+        }
+        _ => unreachable!("filtered above"),
+    };
+    Ok(Some(action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn routes() -> RouteTable {
+        let c = Config::from_toml(
+            r#"
+            [clusters.source]
+            bootstrap = ["s:9092"]
+            [clusters.target]
+            bootstrap = ["t:9092"]
+            node_id_offset = 1000
+            [routes]
+            default_cluster = "source"
+            [routes.topics."orders"]
+            produce = "target"
+            consume = "source"
+            rename = { target = "source.orders" }
+            [routes.groups."billing"]
+            cluster = "target"
+            "#,
+            Vec::<(String, String)>::new(),
+            Path::new("."),
+        )
+        .unwrap();
+        RouteTable::new(3, &c)
+    }
+
+    #[test]
+    fn reads_follow_the_group_then_the_topic() {
+        let r = routes();
+        assert_eq!(Ctx::read_cluster(&r, Some("billing"), "orders"), "target");
+        assert_eq!(Ctx::read_cluster(&r, None, "orders"), "source");
+        assert_eq!(Ctx::read_cluster(&r, Some("other"), "orders"), "source");
+    }
+
+    #[test]
+    fn refused_partitions_are_merged_into_produce_responses() {
+        let mut plan = Plan::default();
+        plan.renames
+            .insert(topic_name("source.orders"), topic_name("orders"));
+        plan.refused.push(Refused {
+            topic: topic_name("payments"),
+            partitions: vec![0, 2],
+        });
+        let upstream = ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default()
+                .with_name(topic_name("source.orders"))
+                .with_partition_responses(vec![PartitionProduceResponse::default()
+                    .with_index(1)
+                    .with_base_offset(41)]),
+        ]);
+        let frame =
+            codec::encode_response(ApiKey::Produce, 8, 5, &upstream).unwrap();
+        let out = rewrite_produce_response(frame, 8, &plan).unwrap();
+        let (h, resp) = codec::decode_response::<ProduceResponse>(ApiKey::Produce, 8, out).unwrap();
+        assert_eq!(h.correlation_id, 5);
+        assert_eq!(resp.responses[0].name.as_str(), "orders");
+        assert_eq!(resp.responses[0].partition_responses[0].base_offset, 41);
+        assert_eq!(resp.responses[1].name.as_str(), "payments");
+        let errs: Vec<_> = resp.responses[1]
+            .partition_responses
+            .iter()
+            .map(|p| (p.index, p.error_code))
+            .collect();
+        assert_eq!(errs, vec![(0, 6), (2, 6)]);
+    }
+
+    #[test]
+    fn fetch_sessions_cannot_leak_partitions_routed_elsewhere() {
+        let r = Arc::new(routes());
+        let mut plan = Plan {
+            not_here: Some(not_here(&r, Some("billing".into()), "source")),
+            ..Plan::default()
+        };
+        plan.refused.clear();
+        let upstream = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(topic_name("orders"))
+                .with_partitions(vec![PartitionData::default()
+                    .with_partition_index(0)
+                    .with_high_watermark(10)
+                    .with_records(Some(Bytes::from_static(b"data")))]),
+        ]);
+        let out = fetch_errors(&plan, upstream);
+        let p = &out.responses[0].partitions[0];
+        assert_eq!(p.error_code, NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(p.records.as_deref(), Some(&b""[..]));
+    }
+}
