@@ -112,7 +112,7 @@ pub enum ResponseRewrite {
     /// Produce across clusters: refused partitions merged back, names made logical.
     Produce(Box<routing::Plan>),
     /// The issued producer id becomes virtual (it names the issuing cluster).
-    InitProducerId { cluster: usize },
+    InitProducerId { cluster: usize, name: String },
     /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
     FetchRouted(Box<routing::Plan>),
     /// ListOffsets across clusters: as `ListOffsets`, plus refused partitions and names.
@@ -266,8 +266,8 @@ pub fn rewrite_response(
         ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
         ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
         ResponseRewrite::Produce(plan) => routing::rewrite_produce_response(frame, version, plan),
-        ResponseRewrite::InitProducerId { cluster } => {
-            routing::rewrite_init_producer_id(frame, version, *cluster)
+        ResponseRewrite::InitProducerId { cluster, name } => {
+            routing::rewrite_init_producer_id(frame, version, *cluster, name)
         }
         ResponseRewrite::FetchRouted(plan) => {
             routing::rewrite_fetch_response(frame, version, plan, map)

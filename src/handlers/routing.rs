@@ -588,7 +588,10 @@ fn init_producer_id(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, R
     Ok(forward(
         frame,
         bytes,
-        ResponseRewrite::InitProducerId { cluster: here },
+        ResponseRewrite::InitProducerId {
+            cluster: here,
+            name: ctx.here().to_string(),
+        },
     ))
 }
 
@@ -596,10 +599,21 @@ pub fn rewrite_init_producer_id(
     frame: Bytes,
     version: i16,
     cluster: usize,
+    cluster_name: &str,
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, version, frame)?;
-    resp.producer_id = ProducerId(producers::to_virtual(resp.producer_id.0, cluster));
+    let virtual_id = producers::to_virtual(resp.producer_id.0, cluster);
+    if resp.error_code == 0 {
+        tracing::info!(
+            cluster = %cluster_name,
+            upstream_id = resp.producer_id.0,
+            virtual_id,
+            epoch = resp.producer_epoch,
+            "producer id issued"
+        );
+    }
+    resp.producer_id = ProducerId(virtual_id);
     codec::encode_response(ApiKey::InitProducerId, version, header.correlation_id, &resp)
 }
 

@@ -177,14 +177,18 @@ pub struct Producers {
 }
 
 impl Producers {
-    /// Records the id `cluster` issued for `vpid` while the client used `client_epoch`.
+    /// Records the id `cluster` issued for `vpid` while the client used
+    /// `client_epoch`. Two connections of one producer can ask at the same time; the
+    /// first id recorded wins and stays (a batch may already carry it), the other is
+    /// never used.
     pub fn set_foreign(&self, vpid: i64, cluster: usize, pid: i64, epoch: i16, client_epoch: i16) {
         let mut inner = self.inner.lock().expect("producers lock");
         inner
             .entry(vpid)
             .or_default()
             .foreign
-            .insert(cluster, (pid, epoch, client_epoch));
+            .entry(cluster)
+            .or_insert((pid, epoch, client_epoch));
     }
 
     /// Maps one batch of `vpid` for `topic`/`partition` going to `cluster`.
@@ -338,6 +342,7 @@ mod tests {
             Err(NeedProducerId { cluster: 1 })
         );
         p.set_foreign(vpid, 1, 5, 0, 0); // the same number, issued by the other cluster
+        p.set_foreign(vpid, 1, 6, 0, 0); // a concurrent second request loses
         let u = p.plan(&header(vpid, 0, 20, 10), "a", 0, 1).unwrap();
         assert_eq!((u.producer_id, u.base_sequence), (5, 0), "fresh id starts at 0");
         // A retry of the same batch maps to the same sequence.

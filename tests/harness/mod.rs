@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod rdk;
+pub mod migration;
 pub mod scenarios;
 
 use std::io::{Read, Write};
@@ -476,6 +477,8 @@ pub struct Proxy {
     pub config_path: PathBuf,
     pub log: PathBuf,
     pub port_base: u16,
+    /// The config before the `[clusters]`/`[routes]` part (ports, state dir).
+    header: String,
     child: Mutex<Option<Child>>,
 }
 
@@ -489,12 +492,13 @@ impl Proxy {
         let port_base = free_port_range(2100);
         let bind_port = port_base + 2050;
         let admin_port = free_port();
-        let config = format!(
+        let header = format!(
             "[proxy]\ncluster_id = \"switchyard-test\"\nstate_dir = \"{}\"\nmetadata_refresh_ms = 2000\n\n\
              [listener]\nbind = \"127.0.0.1:{bind_port}\"\nadvertised_host = \"127.0.0.1\"\nbroker_port_base = {port_base}\n\n\
-             [admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n{clusters_toml}\n",
+             [admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n",
             dir.join("state").display()
         );
+        let config = format!("{header}{clusters_toml}\n");
         let config_path = dir.join("switchyard.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("switchyard.log");
@@ -514,6 +518,7 @@ impl Proxy {
             config_path,
             log,
             port_base,
+            header,
             child: Mutex::new(Some(child)),
         };
         wait_port(bind_port, Duration::from_secs(60), "switchyard bootstrap");
@@ -525,6 +530,30 @@ impl Proxy {
             );
         }
         proxy
+    }
+
+    /// Rewrites the config file with new `[clusters]`/`[routes]` sections (the
+    /// proxy notices the change on disk; callers may also POST /reload).
+    pub fn write_routes(&self, clusters_toml: &str) {
+        let tmp = self.config_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, format!("{}{clusters_toml}\n", self.header)).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Runs the `switchyard` command line against this proxy's admin API:
+    /// (exit code, stdout).
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let admin = format!("http://{}", self.admin);
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--admin", &admin]);
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&full)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     pub fn status(&self) -> Value {

@@ -44,6 +44,20 @@ impl ProducerContext for ProduceCtx {
 
 /// Produces `count` keyed records with idempotence on and acks=all.
 pub fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64, prefix: &str) -> Value {
+    produce_to(bootstrap, &[topic], count, keys, prefix, 0.0)
+}
+
+/// Like [`produce`], record `i` to `topics[i % n]`, paced at `rate` records per
+/// second (0 = unlimited).
+pub fn produce_to(
+    bootstrap: &str,
+    topics: &[&str],
+    count: u64,
+    keys: u64,
+    prefix: &str,
+    rate: f64,
+) -> Value {
+    let topic = topics.join(",");
     let started = Instant::now();
     let delivery = Arc::new(Delivery::default());
     let producer: BaseProducer<ProduceCtx> = ClientConfig::new()
@@ -56,10 +70,17 @@ pub fn produce(bootstrap: &str, topic: &str, count: u64, keys: u64, prefix: &str
         .expect("rdkafka producer");
     let mut sent = 0;
     for i in 0..count {
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            while Instant::now() < due {
+                producer.poll(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+            }
+        }
         let key = format!("{prefix}-{}", i % keys);
         let value = format!("{key}|{}", i / keys);
+        let to = topics[(i % topics.len() as u64) as usize];
         loop {
-            match producer.send(BaseRecord::to(topic).key(&key).payload(&value)) {
+            match producer.send(BaseRecord::to(to).key(&key).payload(&value)) {
                 Ok(()) => break,
                 Err((e, _))
                     if e.rdkafka_error_code()
@@ -227,4 +248,70 @@ pub fn consume(
     });
     eprintln!("librdkafka: {v}");
     v
+}
+
+/// One record read straight from a cluster.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: String,
+}
+
+/// Reads every record of `topic` on the cluster at `bootstrap`, partition by
+/// partition from the start to the high watermark (no group, nothing committed).
+pub fn dump(bootstrap: &str, topic: &str) -> Vec<Stored> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "switchyard-test-dump")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("rdkafka dump consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata for dump");
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = HashMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(30))
+            .expect("watermarks");
+        if hi > lo {
+            ends.insert(*p, hi);
+            tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(lo))
+                .unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done: HashSet<i32> = HashSet::new();
+    while done.len() < ends.len() {
+        assert!(Instant::now() < deadline, "dump of {topic} at {bootstrap} timed out");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let value = m
+                    .payload()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                out.push(Stored {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value,
+                });
+                if m.offset() + 1 >= ends[&m.partition()] {
+                    done.insert(m.partition());
+                }
+            }
+            Some(Err(e)) => panic!("dump of {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
 }

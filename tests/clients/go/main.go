@@ -335,7 +335,7 @@ func runProduce(args []string) {
 	}
 
 	opts := append(c.baseOpts("franz-driver-producer"),
-		kgo.DefaultProduceTopic(c.topic),
+		kgo.DefaultProduceTopic(strings.Split(c.topic, ",")[0]),
 		kgo.RequiredAcks(requiredAcks),
 		kgo.ProducerLinger(time.Duration(lingerMs)*time.Millisecond),
 		// Let records fail rather than retry forever, so a broken proxy shows
@@ -369,6 +369,7 @@ func runProduce(args []string) {
 		acked.Add(1)
 	}
 
+	topics := strings.Split(c.topic, ",")
 	for i := int64(0); i < count; i++ {
 		if ctx.Err() != nil {
 			break
@@ -390,6 +391,8 @@ func runProduce(args []string) {
 		key := fmt.Sprintf("%s-%d", keyPrefix, i%keys)
 		seq := i / keys
 		rec := &kgo.Record{Key: []byte(key), Value: []byte(key + "|" + strconv.FormatInt(seq, 10))}
+		// -topic may list several topics: record i goes to topics[i % n].
+		rec.Topic = topics[i%int64(len(topics))]
 		sent.Add(1)
 		// Produce blocks only when the client's buffer is full; the context
 		// bounds that wait and fails the record if the deadline passes.
@@ -765,7 +768,7 @@ func runConsume(args []string) {
 	for i := range ms {
 		m := &member{id: i, processed: make(map[string]map[int32]kgo.EpochOffset)}
 		opts := append(c.baseOpts(fmt.Sprintf("franz-driver-consumer-%d", i)),
-			kgo.ConsumeTopics(c.topic),
+			kgo.ConsumeTopics(strings.Split(c.topic, ",")...),
 			kgo.ConsumerGroup(group),
 			kgo.Balancers(bal),
 			kgo.ConsumeResetOffset(resetOffset),

@@ -25,6 +25,7 @@ import java.nio.file.StandardCopyOption;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collection;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -133,10 +134,10 @@ public final class Driver {
     static String usage() {
         return String.join("\n",
             "usage: Driver <subcommand> [options]",
-            "  produce --bootstrap B --topic T --count N --keys K [--idempotent true|false] [--acks all]",
+            "  produce --bootstrap B --topic T[,T2...] --count N --keys K [--idempotent true|false] [--acks all]",
             "          [--linger-ms 5] [--rate R (0=unlimited)] [--key-prefix k] [--seq-start 0]",
             "          [--timeout-s 120] [--max-in-flight 5] [--prop k=v]...",
-            "  consume --bootstrap B --topic T --group G --members M --expect N [--timeout-s 120]",
+            "  consume --bootstrap B --topic T[,T2...] --group G --members M --expect N [--timeout-s 120]",
             "          [--seen-file PATH] [--stop-after X] [--assignor range|cooperative-sticky|roundrobin|sticky]",
             "          [--auto-offset-reset earliest] [--prop k=v]...",
             "  admin --bootstrap B --topic T [--partitions 6] [--replication 3] [--group G] [--timeout-s 120]",
@@ -151,6 +152,8 @@ public final class Driver {
                 "key-prefix", "seq-start", "timeout-s", "max-in-flight", "prop");
         String bootstrap = a.req("bootstrap");
         String topic = a.req("topic");
+        // A comma-separated list: record i goes to topics[i % n].
+        String[] topics = topic.split(",");
         long count = a.longReq("count");
         long keys = a.longReq("keys");
         if (keys <= 0) throw new UsageException("--keys must be > 0");
@@ -189,6 +192,7 @@ public final class Driver {
         String fatal = null;
 
         KafkaProducer<String, String> producer = new KafkaProducer<>(p);
+        Long producerId = null;
         try {
             for (long i = 0; i < count; i++) {
                 if (System.nanoTime() > deadline) { timedOut = true; break; }
@@ -211,7 +215,8 @@ public final class Driver {
                 String value = key + "|" + (seqStart + i / keys);
                 sent++;
                 try {
-                    producer.send(new ProducerRecord<>(topic, key, value), (md, ex) -> {
+                    String to = topics[(int) (i % topics.length)];
+                    producer.send(new ProducerRecord<>(to, key, value), (md, ex) -> {
                         if (ex == null) {
                             acked.incrementAndGet();
                         } else {
@@ -237,6 +242,7 @@ public final class Driver {
                     break;
                 }
             }
+            producerId = producerIdOf(producer);
         } finally {
             // close() flushes; past the deadline it aborts what is left, which
             // completes the outstanding callbacks with errors.
@@ -250,11 +256,29 @@ public final class Driver {
         j.put("acked", acked.get());
         j.put("errors", errors.get());
         j.put("unacked", Math.max(0, sent - acked.get() - errors.get()));
+        j.put("producer_id", producerId);
         j.put("timed_out", timedOut);
         j.put("first_error", firstError.get());
         j.put("fatal", fatal);
         j.put("elapsed_ms", elapsedMs(start));
         return new Result(j, fatal == null ? 0 : 1);
+    }
+
+    /** The idempotent producer's id, read by reflection (tests compare it with the
+     *  ids another cluster issued); null when unavailable. */
+    static Long producerIdOf(KafkaProducer<?, ?> producer) {
+        try {
+            java.lang.reflect.Field f = KafkaProducer.class.getDeclaredField("transactionManager");
+            f.setAccessible(true);
+            Object tm = f.get(producer);
+            if (tm == null) return null;
+            java.lang.reflect.Method m = tm.getClass().getDeclaredMethod("producerIdAndEpoch");
+            m.setAccessible(true);
+            Object pe = m.invoke(tm);
+            return pe.getClass().getField("producerId").getLong(pe);
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            return null;
+        }
     }
 
     // ---------------------------------------------------------------- consume
@@ -395,7 +419,7 @@ public final class Driver {
                 try {
                     c = new KafkaConsumer<>(p);
                     consumers.add(c);
-                    c.subscribe(Collections.singletonList(topic));
+                    c.subscribe(Arrays.asList(topic.split(",")));
                     while (!stop.get() && !ledger.done()) {
                         if (System.nanoTime() > deadline) break;
                         ConsumerRecords<String, String> batch;

@@ -1,0 +1,19 @@
+//! Two clusters behind one proxy (issue: per-topic produce routes, per-group consume
+//! routes, atomic swap on reload): Kafka 2.4.1 source, Kafka 3.9 target, Java,
+//! franz-go and librdkafka clients, all through the proxy.
+
+#[macro_use]
+mod harness;
+
+use harness::migration::{self, TwoClusters};
+
+fn env() -> &'static TwoClusters {
+    static ENV: std::sync::OnceLock<TwoClusters> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| TwoClusters::start("migration", ""))
+}
+
+#[test]
+fn producer_flip_and_rollback_with_three_clients() {
+    let _serial = harness::serial();
+    migration::producer_flip_and_rollback(env());
+}
