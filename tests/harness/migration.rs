@@ -164,6 +164,25 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
             ])
         })
     };
+    let franz_seen = scratch_dir.join("franz-group.seen");
+    let _ = std::fs::remove_file(&franz_seen);
+    let franz_consumer = {
+        let (b, t, f) = (bootstrap.clone(), topics.clone(), franz_seen.display().to_string());
+        std::thread::spawn(move || {
+            go_driver(&[
+                "consume", "--bootstrap", &b, "--topic", &t, "--group", "migration-franz",
+                "--members", "2", "--expect", "1000000000", "--timeout-s", "60",
+                "--seen-file", &f,
+            ])
+        })
+    };
+    let rdk_seen = std::sync::Arc::new(rdk::Seen::default());
+    let rdk_consumer = {
+        let (b, t, seen) = (bootstrap.clone(), topics.clone(), rdk_seen.clone());
+        std::thread::spawn(move || {
+            rdk::consume(&b, &t, "migration-rdk", 2, u64::MAX, None, &seen, Duration::from_secs(60))
+        })
+    };
     let started = Instant::now();
     let count = PER_PRODUCER.to_string();
     let rate = RATE.to_string();
@@ -275,6 +294,8 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     let rdk_result = librdkafka.join().unwrap();
     let direct = direct.join().unwrap();
     let group = consumer.join().unwrap();
+    let franz_group = franz_consumer.join().unwrap();
+    let rdk_group = rdk_consumer.join().unwrap();
     for (name, p, n) in [
         ("java", &java, PER_PRODUCER),
         ("franz-go", &franz, PER_PRODUCER),
@@ -391,34 +412,42 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     }
     eprintln!("orders records written to the target during the flip: {flipped_records}");
 
-    // The group read through the proxy, on the source all along: it saw every
+    // Each group read through the proxy, on the source all along: it saw every
     // record on the source, and none of those on the target.
-    assert_eq!(group["fatal"], Value::Null, "consumer: {group}");
-    let seen: HashSet<String> = std::fs::read_to_string(&seen_file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
     let on_source: HashSet<&String> = stored
         .at
         .iter()
         .filter(|(_, p)| p[0].0 == "source")
         .map(|(v, _)| v)
         .collect();
-    let not_seen = on_source.iter().filter(|v| !seen.contains(v.as_str())).count();
-    let seen_from_target = seen
-        .iter()
-        .filter(|v| stored.at.get(*v).is_some_and(|p| p[0].0 == "target"))
-        .count();
-    eprintln!(
-        "group: {} seen, {} on source, {not_seen} not seen, {seen_from_target} from target",
-        seen.len(),
-        on_source.len()
-    );
-    assert_eq!(not_seen, 0, "the group missed source records");
-    assert_eq!(seen_from_target, 0, "the group read target records");
-    assert_eq!(group["order_violations"].as_u64(), Some(0), "{group}");
+    let read_file = |path: &std::path::Path| -> HashSet<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    for (name, summary, seen) in [
+        ("java", &group, read_file(&seen_file)),
+        ("franz-go", &franz_group, read_file(&franz_seen)),
+        ("librdkafka", &rdk_group, rdk_seen.values()),
+    ] {
+        assert_eq!(summary["fatal"], Value::Null, "{name} consumer: {summary}");
+        let not_seen = on_source.iter().filter(|v| !seen.contains(v.as_str())).count();
+        let seen_from_target = seen
+            .iter()
+            .filter(|v| stored.at.get(*v).is_some_and(|p| p[0].0 == "target"))
+            .count();
+        eprintln!(
+            "{name} group: {} seen, {} on source, {not_seen} not seen, {seen_from_target} from target",
+            seen.len(),
+            on_source.len()
+        );
+        assert_eq!(not_seen, 0, "the {name} group missed source records");
+        assert_eq!(seen_from_target, 0, "the {name} group read target records");
+        assert_eq!(summary["order_violations"].as_u64(), Some(0), "{name}: {summary}");
+    }
 
     // Producer ids: the direct producer holds an id the source also issued to a
     // proxied producer; neither was fenced (no errors above), and nothing was lost

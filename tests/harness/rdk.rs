@@ -159,6 +159,14 @@ impl ConsumerContext for ConsumeCtx {
 #[derive(Default)]
 pub struct Seen(Mutex<Accounting>);
 
+impl Seen {
+    /// Every distinct value (`key|seq`) seen so far.
+    pub fn values(&self) -> HashSet<String> {
+        let acct = self.0.lock().unwrap();
+        acct.seen.iter().map(|(k, s)| format!("{k}|{s}")).collect()
+    }
+}
+
 /// Consumes `topic` in group `group` with `members` consumers until `expect` unique
 /// records have been seen (across runs sharing `seen`) or `stop_after` records were
 /// consumed in this run. Commits synchronously after each poll batch.
@@ -197,7 +205,8 @@ pub fn consume(
                     .set("session.timeout.ms", "10000")
                     .create_with_context(ConsumeCtx)
                     .expect("rdkafka consumer");
-                consumer.subscribe(&[topic]).expect("subscribe");
+                let topics: Vec<&str> = topic.split(',').collect();
+                consumer.subscribe(&topics).expect("subscribe");
                 while Instant::now() < deadline
                     && !done(&seen, consumed_this_run.load(Ordering::SeqCst))
                 {
