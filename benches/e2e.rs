@@ -136,8 +136,15 @@ fn consume_throughput(bootstrap: &str, topic: &str, group: &str, count: u64) -> 
 
 fn create_topic(cluster: &harness::Cluster, topic: &str, replication: u32) {
     let v = harness::java_driver(&[
-        "create-topic", "--bootstrap", &cluster.bootstrap(), "--topic", topic,
-        "--partitions", "6", "--replication", &replication.to_string(),
+        "create-topic",
+        "--bootstrap",
+        &cluster.bootstrap(),
+        "--topic",
+        topic,
+        "--partitions",
+        "6",
+        "--replication",
+        &replication.to_string(),
     ]);
     assert_eq!(v["ok"], true, "{v}");
     // Let every broker learn the topic before the clock starts.
@@ -201,8 +208,12 @@ fn main() {
 
     // 1. One broker, replication 1: the client and the proxy can be the bottleneck.
     let env = start(1, "bench1");
-    let (mut produce, mut consume, mut p50, mut p99) =
-        (Ratios::default(), Ratios::default(), Ratios::default(), Ratios::default());
+    let (mut produce, mut consume, mut p50, mut p99) = (
+        Ratios::default(),
+        Ratios::default(),
+        Ratios::default(),
+        Ratios::default(),
+    );
     for round in 0..=ROUNDS {
         let mut results = std::collections::BTreeMap::new();
         for (name, bootstrap) in arms(round, &env) {

@@ -15,6 +15,7 @@ use crate::metrics;
 use crate::routes::RouteTable;
 use crate::state::{Mark, StateError, StateStore};
 use crate::switch::identity::Identities;
+use crate::switch::inflight::Inflight;
 use crate::switch::producers::Producers;
 use crate::switch::{self, ProduceFlip};
 use crate::upstream::ClusterView;
@@ -28,6 +29,7 @@ pub struct Proxy {
     state: StateStore,
     pub producers: Producers,
     pub identities: Identities,
+    pub inflight: Arc<Inflight>,
     /// One route change at a time: a reload and an API switch never interleave.
     changing: tokio::sync::Mutex<()>,
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
@@ -63,6 +65,7 @@ impl Proxy {
             state,
             producers: Producers::default(),
             identities: Identities::default(),
+            inflight: Arc::new(Inflight::default()),
             changing: tokio::sync::Mutex::new(()),
             history: Mutex::new(HashMap::new()),
         }))
@@ -227,13 +230,19 @@ impl Proxy {
 
     /// Puts a topic back where it was before its latest switch.
     pub async fn rollback_topic(&self, topic: &str) -> Result<u64, ConfigErrors> {
-        let previous = self.history.lock().expect("history lock").get(topic).cloned();
+        let previous = self
+            .history
+            .lock()
+            .expect("history lock")
+            .get(topic)
+            .cloned();
         let Some((produce, consume)) = previous else {
             return Err(ConfigErrors(vec![format!(
                 "topic `{topic}` has not been switched since this proxy started; nothing to roll back"
             )]));
         };
-        self.switch_topic(topic, TopicSwitch { produce, consume }).await
+        self.switch_topic(topic, TopicSwitch { produce, consume })
+            .await
     }
 
     /// Validates `new` against the running config, records marks for every topic
@@ -257,7 +266,10 @@ impl Proxy {
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
         let table = RouteTable::new(version, &new);
-        let timeout = new.proxy.connect_timeout.max(std::time::Duration::from_secs(5));
+        let timeout = new
+            .proxy
+            .connect_timeout
+            .max(std::time::Duration::from_secs(5));
         let flips = self
             .flips(&old_table, &table, timeout)
             .await

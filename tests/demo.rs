@@ -57,7 +57,7 @@ fn main() {
                 u64::MAX,
                 None,
                 &seen,
-                Duration::from_secs(40),
+                Duration::from_secs(30),
             )
         })
     };
@@ -142,7 +142,10 @@ fn main() {
         .map(|(v, _)| v)
         .collect();
     let seen = seen.values();
-    let unread = on_source.iter().filter(|v| !seen.contains(v.as_str())).count();
+    let unread = on_source
+        .iter()
+        .filter(|v| !seen.contains(v.as_str()))
+        .count();
 
     println!("\nResult:");
     println!("  acknowledged by Kafka    {}", produced["acked"]);

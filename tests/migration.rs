@@ -9,7 +9,7 @@ use harness::migration::{self, TwoClusters};
 
 fn env() -> &'static TwoClusters {
     static ENV: std::sync::OnceLock<TwoClusters> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| TwoClusters::start("migration", ""))
+    ENV.get_or_init(|| TwoClusters::start("migration", migration::TARGET_GROUP_ROW))
 }
 
 #[test]

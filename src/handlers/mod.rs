@@ -97,7 +97,7 @@ pub const SUPPORTED: &[(ApiKey, i16)] = &[
 ];
 
 /// How the response to a forwarded request must be treated on its way back.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum ResponseRewrite {
     None,
     Metadata,
@@ -112,7 +112,10 @@ pub enum ResponseRewrite {
     /// Produce across clusters: refused partitions merged back, names made logical.
     Produce(Box<routing::Plan>),
     /// The issued producer id becomes virtual (it names the issuing cluster).
-    InitProducerId { cluster: usize, name: String },
+    InitProducerId {
+        cluster: usize,
+        name: String,
+    },
     /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
     FetchRouted(Box<routing::Plan>),
     /// ListOffsets across clusters: as `ListOffsets`, plus refused partitions and names.

@@ -28,24 +28,20 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::metadata_response::{
-    MetadataResponseTopic,
-};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
-use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, TopicProduceResponse,
-};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest,
-    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
-    ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, ProducerId, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -55,6 +51,7 @@ use crate::metrics;
 use crate::proxy::Proxy;
 use crate::routes::RouteTable;
 use crate::switch::identity::IdentityKey;
+use crate::switch::inflight::InflightGuard;
 use crate::switch::producers::{self, BatchError};
 use crate::upstream::{ClusterView, UpstreamError};
 
@@ -135,8 +132,10 @@ pub struct Refused {
 }
 
 /// What a routed Produce, Fetch or ListOffsets response needs on its way back.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Plan {
+    /// Produce: the partitions this request holds in flight (released on drop).
+    pub hold: Option<InflightGuard>,
     pub refused: Vec<Refused>,
     /// physical name upstream → logical name the client used
     pub renames: HashMap<TopicName, TopicName>,
@@ -167,7 +166,10 @@ impl Plan {
     }
 
     fn logical(&self, name: &TopicName) -> TopicName {
-        self.renames.get(name).cloned().unwrap_or_else(|| name.clone())
+        self.renames
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.clone())
     }
 }
 
@@ -185,31 +187,35 @@ impl Ctx<'_> {
         self.session.key(client_id).clone()
     }
 
-    /// The group this connection's identity reads for, if exactly one.
-    fn group_of(&mut self, frame: &RequestFrame) -> Option<String> {
+    /// The groups this connection's identity is linked to.
+    fn groups_of(&mut self, frame: &RequestFrame) -> Vec<String> {
         let key = self.identity(frame);
         self.proxy
             .identities
             .get(&key)
-            .and_then(|i| i.single_group().map(str::to_string))
+            .map(|i| i.groups.into_iter().collect())
+            .unwrap_or_default()
     }
 
-    /// Cluster that serves reads of `topic` for this client.
-    fn read_cluster<'r>(routes: &'r RouteTable, group: Option<&str>, topic: &str) -> &'r str {
-        match group {
-            Some(g) => routes.group_cluster(g),
-            None => routes.consume_cluster(topic),
+    /// Cluster that serves reads of `topic` for a client linked to `groups`: their
+    /// cluster when they agree on one (one group, or several routed alike), else the
+    /// topic's `consume` route.
+    fn read_cluster<'r>(routes: &'r RouteTable, groups: &[String], topic: &str) -> &'r str {
+        let mut clusters = groups.iter().map(|g| routes.group_cluster(g));
+        match clusters.next() {
+            Some(first) if clusters.all(|c| c == first) => first,
+            _ => routes.consume_cluster(topic),
         }
     }
 
     /// Cluster whose view of `topic` Metadata gives this connection.
-    fn view_cluster(&self, role: Role, group: Option<&str>, reads: bool, topic: &str) -> String {
+    fn view_cluster(&self, role: Role, groups: &[String], reads: bool, topic: &str) -> String {
         let routes = &self.routes;
         match role {
             Role::Writer => routes.produce_cluster(topic).to_string(),
-            Role::Reader => Self::read_cluster(routes, group, topic).to_string(),
-            Role::Unknown if reads || group.is_some() => {
-                Self::read_cluster(routes, group, topic).to_string()
+            Role::Reader => Self::read_cluster(routes, groups, topic).to_string(),
+            Role::Unknown if reads || !groups.is_empty() => {
+                Self::read_cluster(routes, groups, topic).to_string()
             }
             Role::Unknown => routes.produce_cluster(topic).to_string(),
         }
@@ -276,12 +282,21 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
     let version = frame.version();
     let key = ctx.identity(frame);
     let ident = ctx.proxy.identities.get(&key);
-    let group = ident
+    let groups: Vec<String> = ident
         .as_ref()
-        .and_then(|i| i.single_group().map(str::to_string));
-    let reads = ident.as_ref().map(|i| i.reads && !i.writes).unwrap_or(false);
+        .map(|i| i.groups.iter().cloned().collect())
+        .unwrap_or_default();
+    let reads = ident
+        .as_ref()
+        .map(|i| i.reads && !i.writes)
+        .unwrap_or(false);
     let role = ctx.session.role;
-    let timeout = ctx.proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+    let timeout = ctx
+        .proxy
+        .config()
+        .proxy
+        .connect_timeout
+        .max(std::time::Duration::from_secs(10));
 
     // Which topics to ask each cluster for (physical names), and which logical
     // name each answer stands for.
@@ -298,7 +313,7 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
     if let Some(topics) = &req.topics {
         for t in topics {
             let Some(name) = &t.name else { continue };
-            let c = ctx.view_cluster(role, group.as_deref(), reads, name);
+            let c = ctx.view_cluster(role, &groups, reads, name);
             let physical = topic_name(&ctx.routes.physical_topic(name, &c));
             if let Some(Some(list)) = asks.get_mut(&c) {
                 list.push((physical, name.clone()));
@@ -356,7 +371,7 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
             let logical = back.get(&physical).cloned().unwrap_or(physical);
             if ask.is_none() {
                 // All topics: keep each from the cluster this client is routed to.
-                if ctx.view_cluster(role, group.as_deref(), reads, &logical) != c.name() {
+                if ctx.view_cluster(role, &groups, reads, &logical) != c.name() {
                     continue;
                 }
             }
@@ -442,11 +457,7 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
                     continue;
                 }
                 let up = loop {
-                    match ctx
-                        .proxy
-                        .producers
-                        .plan(h, &logical, p.index, here_idx)
-                    {
+                    match ctx.proxy.producers.plan(h, &logical, p.index, here_idx) {
                         Ok(up) => break up,
                         Err(need) => {
                             let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
@@ -479,6 +490,26 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
     }
 
     let acks = req.acks;
+    if !req.topic_data.is_empty() {
+        // Batches still in flight for these partitions on the cluster their writes
+        // left complete first.
+        let parts: Vec<(String, i32)> = req
+            .topic_data
+            .iter()
+            .flat_map(|t| {
+                let logical = plan.logical(&t.name).to_string();
+                t.partition_data
+                    .iter()
+                    .map(move |p| (logical.clone(), p.index))
+            })
+            .collect();
+        let limit = std::time::Duration::from_millis(req.timeout_ms.clamp(0, 30_000) as u64);
+        let (guard, in_order) = ctx.proxy.inflight.take(parts, here_idx, limit).await;
+        if !in_order {
+            tracing::warn!(cluster = %here, "produce went ahead while batches for its partitions were still in flight on another cluster");
+        }
+        plan.hold = Some(guard);
+    }
     if req.topic_data.is_empty() {
         if acks == 0 {
             return Ok(Action::Discard);
@@ -496,12 +527,11 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
             response: None,
         });
     }
-    let rewrite = if plan.is_noop() {
-        ResponseRewrite::None
-    } else {
-        ResponseRewrite::Produce(Box::new(plan))
-    };
-    Ok(forward(frame, bytes, rewrite))
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::Produce(Box::new(plan)),
+    ))
 }
 
 /// Asks `cluster` for a producer id of its own (idempotent, not transactional).
@@ -509,7 +539,11 @@ async fn foreign_producer_id(
     cluster: &ClusterView,
     proxy: &Proxy,
 ) -> Result<(i64, i16), RouteError> {
-    let timeout = proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+    let timeout = proxy
+        .config()
+        .proxy
+        .connect_timeout
+        .max(std::time::Duration::from_secs(10));
     let version = cluster.version_for(ApiKey::InitProducerId, 2).unwrap_or(0);
     let req = InitProducerIdRequest::default()
         .with_transactional_id(None)
@@ -559,7 +593,11 @@ pub fn rewrite_produce_response(
     version: i16,
     plan: &Plan,
 ) -> Result<Bytes, DecodeError> {
-    let (header, resp) = codec::decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)?;
+    if plan.is_noop() {
+        return Ok(frame);
+    }
+    let (header, resp) =
+        codec::decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)?;
     let resp = produce_errors(plan, resp);
     codec::encode_response(ApiKey::Produce, version, header.correlation_id, &resp)
 }
@@ -614,36 +652,41 @@ pub fn rewrite_init_producer_id(
         );
     }
     resp.producer_id = ProducerId(virtual_id);
-    codec::encode_response(ApiKey::InitProducerId, version, header.correlation_id, &resp)
+    codec::encode_response(
+        ApiKey::InitProducerId,
+        version,
+        header.correlation_id,
+        &resp,
+    )
 }
 
 // ------------------------------------------------------------------- reads
 
 /// A closure telling whether a logical topic is read from another cluster than
 /// `here`, for this request's routes and group.
-fn not_here(routes: &Arc<RouteTable>, group: Option<String>, here: &str) -> ReadCheck {
+fn not_here(routes: &Arc<RouteTable>, groups: Vec<String>, here: &str) -> ReadCheck {
     let (routes, here) = (routes.clone(), here.to_string());
     ReadCheck(Arc::new(move |topic: &str| {
-        Ctx::read_cluster(&routes, group.as_deref(), topic) != here
+        Ctx::read_cluster(&routes, &groups, topic) != here
     }))
 }
 
-fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Option<String> {
+fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Vec<String> {
     ctx.session.role = Role::Reader;
     let key = ctx.identity(frame);
     ctx.proxy.identities.note_read(&key);
-    let group = ctx.group_of(frame);
-    if group.is_none() {
+    let groups = ctx.groups_of(frame);
+    if groups.is_empty() {
         metrics::unattributed_fetch();
     }
-    group
+    groups
 }
 
 fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: FetchRequest = frame.decode()?;
-    let group = reader(ctx, frame);
+    let groups = reader(ctx, frame);
     let here = ctx.here().to_string();
-    let elsewhere = not_here(&ctx.routes, group, &here);
+    let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
     req.topics.retain_mut(|t| {
         if elsewhere.elsewhere(&t.topic) {
@@ -671,15 +714,18 @@ fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> 
         metrics::steered("Fetch", &here);
     }
     fetch::rewrite_request(&mut req);
-    if req.topics.is_empty() && req.forgotten_topics_data.is_empty() && !plan.refused.is_empty()
-    {
+    if req.topics.is_empty() && req.forgotten_topics_data.is_empty() && !plan.refused.is_empty() {
         // Nothing left for this broker: answer at once instead of long-polling it.
         let resp = fetch_errors(&plan, FetchResponse::default());
         return respond(frame, &resp);
     }
     plan.not_here = Some(elsewhere);
     let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
-    Ok(forward(frame, bytes, ResponseRewrite::FetchRouted(Box::new(plan))))
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::FetchRouted(Box::new(plan)),
+    ))
 }
 
 fn fetch_error_partition(p: i32) -> PartitionData {
@@ -708,7 +754,12 @@ fn fetch_errors(plan: &Plan, mut resp: FetchResponse) -> FetchResponse {
         resp.responses.push(
             FetchableTopicResponse::default()
                 .with_topic(r.topic.clone())
-                .with_partitions(r.partitions.iter().map(|p| fetch_error_partition(*p)).collect()),
+                .with_partitions(
+                    r.partitions
+                        .iter()
+                        .map(|p| fetch_error_partition(*p))
+                        .collect(),
+                ),
         );
     }
     resp
@@ -720,7 +771,8 @@ pub fn rewrite_fetch_response(
     plan: &Plan,
     map: &VirtualMap,
 ) -> Result<Bytes, DecodeError> {
-    let (header, mut resp) = codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame)?;
+    let (header, mut resp) =
+        codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame)?;
     fetch::rewrite_response(&mut resp, map);
     let resp = fetch_errors(plan, resp);
     codec::encode_response(ApiKey::Fetch, version, header.correlation_id, &resp)
@@ -728,9 +780,9 @@ pub fn rewrite_fetch_response(
 
 fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: ListOffsetsRequest = frame.decode()?;
-    let group = reader(ctx, frame);
+    let groups = reader(ctx, frame);
     let here = ctx.here().to_string();
-    let elsewhere = not_here(&ctx.routes, group, &here);
+    let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
     req.topics.retain_mut(|t| {
         if elsewhere.elsewhere(&t.name) {
@@ -753,7 +805,10 @@ fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Route
         metrics::steered("ListOffsets", &here);
     }
     if req.topics.is_empty() {
-        return respond(frame, &list_offsets_errors(&plan, ListOffsetsResponse::default()));
+        return respond(
+            frame,
+            &list_offsets_errors(&plan, ListOffsetsResponse::default()),
+        );
     }
     let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
     Ok(forward(
@@ -808,11 +863,12 @@ fn offset_for_leader_epoch(
     frame: &RequestFrame,
 ) -> Result<Option<Action>, RouteError> {
     let req: OffsetForLeaderEpochRequest = frame.decode()?;
-    let group = reader(ctx, frame);
+    let groups = reader(ctx, frame);
     let here = ctx.here().to_string();
-    let elsewhere = not_here(&ctx.routes, group, &here);
+    let elsewhere = not_here(&ctx.routes, groups, &here);
     let refuse = req.topics.iter().any(|t| {
-        elsewhere.elsewhere(&t.topic) || ctx.routes.physical_topic(&t.topic, &here) != t.topic.as_str()
+        elsewhere.elsewhere(&t.topic)
+            || ctx.routes.physical_topic(&t.topic, &here) != t.topic.as_str()
     });
     if !refuse {
         return Ok(None);
@@ -853,14 +909,16 @@ async fn find_coordinator(
         vec![req.key.clone()]
     };
     let here = ctx.here().to_string();
-    if keys
-        .iter()
-        .all(|k| ctx.routes.group_cluster(k) == here)
-    {
+    if keys.iter().all(|k| ctx.routes.group_cluster(k) == here) {
         return Ok(None);
     }
     // Ask each group's cluster for its coordinator.
-    let timeout = ctx.proxy.config().proxy.connect_timeout.max(std::time::Duration::from_secs(10));
+    let timeout = ctx
+        .proxy
+        .config()
+        .proxy
+        .connect_timeout
+        .max(std::time::Duration::from_secs(10));
     let mut by_cluster: BTreeMap<String, Vec<StrBytes>> = BTreeMap::new();
     for k in keys {
         by_cluster
@@ -1002,9 +1060,10 @@ fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, 
         ApiKey::OffsetFetch => {
             let req: OffsetFetchRequest = frame.decode()?;
             let resp = if frame.version() >= 8 {
-                OffsetFetchResponse::default().with_groups(vec![OffsetFetchResponseGroup::default()
-                    .with_group_id(req.groups[0].group_id.clone())
-                    .with_error_code(NOT_COORDINATOR)])
+                OffsetFetchResponse::default()
+                    .with_groups(vec![OffsetFetchResponseGroup::default()
+                        .with_group_id(req.groups[0].group_id.clone())
+                        .with_error_code(NOT_COORDINATOR)])
             } else {
                 OffsetFetchResponse::default().with_error_code(NOT_COORDINATOR)
             };
@@ -1037,6 +1096,8 @@ mod tests {
             rename = { target = "source.orders" }
             [routes.groups."billing"]
             cluster = "target"
+            [routes.groups."^billing-.*"]
+            cluster = "target"
             "#,
             Vec::<(String, String)>::new(),
             Path::new("."),
@@ -1048,9 +1109,20 @@ mod tests {
     #[test]
     fn reads_follow_the_group_then_the_topic() {
         let r = routes();
-        assert_eq!(Ctx::read_cluster(&r, Some("billing"), "orders"), "target");
-        assert_eq!(Ctx::read_cluster(&r, None, "orders"), "source");
-        assert_eq!(Ctx::read_cluster(&r, Some("other"), "orders"), "source");
+        let g = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(Ctx::read_cluster(&r, &g(&["billing"]), "orders"), "target");
+        assert_eq!(Ctx::read_cluster(&r, &g(&[]), "orders"), "source");
+        assert_eq!(Ctx::read_cluster(&r, &g(&["other"]), "orders"), "source");
+        // Several groups routed alike still decide; disagreeing ones fall back to
+        // the topic's consume route.
+        assert_eq!(
+            Ctx::read_cluster(&r, &g(&["billing", "billing-eu"]), "orders"),
+            "target"
+        );
+        assert_eq!(
+            Ctx::read_cluster(&r, &g(&["billing", "other"]), "orders"),
+            "source"
+        );
     }
 
     #[test]
@@ -1062,15 +1134,13 @@ mod tests {
             topic: topic_name("payments"),
             partitions: vec![0, 2],
         });
-        let upstream = ProduceResponse::default().with_responses(vec![
-            TopicProduceResponse::default()
+        let upstream =
+            ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
                 .with_name(topic_name("source.orders"))
                 .with_partition_responses(vec![PartitionProduceResponse::default()
                     .with_index(1)
-                    .with_base_offset(41)]),
-        ]);
-        let frame =
-            codec::encode_response(ApiKey::Produce, 8, 5, &upstream).unwrap();
+                    .with_base_offset(41)])]);
+        let frame = codec::encode_response(ApiKey::Produce, 8, 5, &upstream).unwrap();
         let out = rewrite_produce_response(frame, 8, &plan).unwrap();
         let (h, resp) = codec::decode_response::<ProduceResponse>(ApiKey::Produce, 8, out).unwrap();
         assert_eq!(h.correlation_id, 5);
@@ -1089,18 +1159,17 @@ mod tests {
     fn fetch_sessions_cannot_leak_partitions_routed_elsewhere() {
         let r = Arc::new(routes());
         let mut plan = Plan {
-            not_here: Some(not_here(&r, Some("billing".into()), "source")),
+            not_here: Some(not_here(&r, vec!["billing".into()], "source")),
             ..Plan::default()
         };
         plan.refused.clear();
-        let upstream = FetchResponse::default().with_responses(vec![
-            FetchableTopicResponse::default()
+        let upstream =
+            FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
                 .with_topic(topic_name("orders"))
                 .with_partitions(vec![PartitionData::default()
                     .with_partition_index(0)
                     .with_high_watermark(10)
-                    .with_records(Some(Bytes::from_static(b"data")))]),
-        ]);
+                    .with_records(Some(Bytes::from_static(b"data")))])]);
         let out = fetch_errors(&plan, upstream);
         let p = &out.responses[0].partitions[0];
         assert_eq!(p.error_code, NOT_LEADER_OR_FOLLOWER);

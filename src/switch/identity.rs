@@ -100,7 +100,12 @@ impl Identities {
     }
 
     pub fn get(&self, key: &IdentityKey) -> Option<Identity> {
-        self.inner.lock().expect("identities lock").0.get(key).cloned()
+        self.inner
+            .lock()
+            .expect("identities lock")
+            .0
+            .get(key)
+            .cloned()
     }
 
     /// Number of identities linked to each group (for /status).

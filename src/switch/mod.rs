@@ -2,6 +2,7 @@
 //! recorded when a topic's writes move, producer-id maps and group attribution.
 
 pub mod identity;
+pub mod inflight;
 pub mod producers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,7 +129,10 @@ pub async fn end_offsets(
             .or_default()
             .push(p.partition_index);
     }
-    let lv = cluster.version_for(ApiKey::ListOffsets, 5).unwrap_or(1).max(1);
+    let lv = cluster
+        .version_for(ApiKey::ListOffsets, 5)
+        .unwrap_or(1)
+        .max(1);
     let mut out = BTreeMap::new();
     for (leader, parts) in by_leader {
         let req = ListOffsetsRequest::default()

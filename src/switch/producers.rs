@@ -129,8 +129,7 @@ pub fn patch_batch(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence
 
 /// Whether the batch's stored CRC matches its content.
 pub fn crc_ok(batch: &[u8]) -> bool {
-    batch.len() >= HEADER_LEN
-        && crc32c::crc32c(&batch[ATTRIBUTES..]) == be_i32(batch, CRC) as u32
+    batch.len() >= HEADER_LEN && crc32c::crc32c(&batch[ATTRIBUTES..]) == be_i32(batch, CRC) as u32
 }
 
 /// Sequence numbers wrap from i32::MAX to 0 (the producer's and the broker's rule).
@@ -235,7 +234,11 @@ impl Producers {
             part.delta = next as i64 - seq as i64;
             part.cluster = cluster;
         }
-        let base_sequence = if seq < 0 { seq } else { seq_add(seq, part.delta) };
+        let base_sequence = if seq < 0 {
+            seq
+        } else {
+            seq_add(seq, part.delta)
+        };
         if seq >= 0 {
             part.next
                 .insert(cluster, seq_add(base_sequence, batch.count.max(1) as i64));
@@ -291,7 +294,10 @@ mod tests {
         patch_batch(&mut b, 123_456, 3, 9);
         assert!(crc_ok(&b), "CRC recomputed after the rewrite");
         let h2 = batches(&b).unwrap()[0];
-        assert_eq!((h2.producer_id, h2.epoch, h2.base_sequence), (123_456, 3, 9));
+        assert_eq!(
+            (h2.producer_id, h2.epoch, h2.base_sequence),
+            (123_456, 3, 9)
+        );
         // Records themselves are untouched.
         assert_eq!(b[HEADER_LEN..], java_batch()[HEADER_LEN..]);
         // Writing the original values back restores the original bytes exactly.
@@ -332,7 +338,7 @@ mod tests {
     fn sequences_follow_a_partition_across_clusters_and_back() {
         let p = Producers::default();
         let vpid = to_virtual(5, 0); // issued by cluster 0
-        // Home: unchanged.
+                                     // Home: unchanged.
         let u = p.plan(&header(vpid, 0, 0, 10), "a", 0, 0).unwrap();
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (5, 0, 0));
         p.plan(&header(vpid, 0, 10, 10), "a", 0, 0).unwrap();
@@ -344,7 +350,11 @@ mod tests {
         p.set_foreign(vpid, 1, 5, 0, 0); // the same number, issued by the other cluster
         p.set_foreign(vpid, 1, 6, 0, 0); // a concurrent second request loses
         let u = p.plan(&header(vpid, 0, 20, 10), "a", 0, 1).unwrap();
-        assert_eq!((u.producer_id, u.base_sequence), (5, 0), "fresh id starts at 0");
+        assert_eq!(
+            (u.producer_id, u.base_sequence),
+            (5, 0),
+            "fresh id starts at 0"
+        );
         // A retry of the same batch maps to the same sequence.
         assert_eq!(p.plan(&header(vpid, 0, 20, 10), "a", 0, 1).unwrap(), u);
         let u = p.plan(&header(vpid, 0, 30, 5), "a", 0, 1).unwrap();

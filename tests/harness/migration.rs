@@ -104,6 +104,10 @@ impl Stored {
     }
 }
 
+/// A group routed to the target from the start: it reads `orders` there.
+pub const TARGET_GROUP_ROW: &str =
+    "[routes.groups.\"migration-on-target\"]\ncluster = \"target\"\n";
+
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
 const KEYS: u64 = 20; // even: with two topics, each key always goes to the same one
@@ -128,9 +132,19 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     }
     // Something already on the target, so the switch marks are not all zero.
     let pre = java_driver(&[
-        "produce", "--bootstrap", &target.bootstrap(), "--topic", ORDERS,
-        "--count", &PRELOADED.to_string(), "--keys", "10", "--key-prefix", "pre",
-        "--idempotent", "false",
+        "produce",
+        "--bootstrap",
+        &target.bootstrap(),
+        "--topic",
+        ORDERS,
+        "--count",
+        &PRELOADED.to_string(),
+        "--keys",
+        "10",
+        "--key-prefix",
+        "pre",
+        "--idempotent",
+        "false",
     ]);
     assert_eq!(pre["acked"].as_u64(), Some(PRELOADED), "{pre}");
 
@@ -146,33 +160,101 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
         let tb = target.bootstrap();
         std::thread::spawn(move || {
             java_driver(&[
-                "produce", "--bootstrap", &tb, "--topic", ORDERS,
-                "--count", &DIRECT.to_string(), "--keys", "10", "--key-prefix", "direct",
-                "--rate", "150", "--timeout-s", "150",
+                "produce",
+                "--bootstrap",
+                &tb,
+                "--topic",
+                ORDERS,
+                "--count",
+                &DIRECT.to_string(),
+                "--keys",
+                "10",
+                "--key-prefix",
+                "direct",
+                "--rate",
+                "150",
+                "--timeout-s",
+                "150",
             ])
         })
     };
     std::thread::sleep(Duration::from_secs(4));
 
     let consumer = {
-        let (b, t, f) = (bootstrap.clone(), topics.clone(), seen_file.display().to_string());
+        let (b, t, f) = (
+            bootstrap.clone(),
+            topics.clone(),
+            seen_file.display().to_string(),
+        );
         std::thread::spawn(move || {
             java_driver(&[
-                "consume", "--bootstrap", &b, "--topic", &t, "--group", "migration-readers",
-                "--members", "2", "--expect", "1000000000", "--timeout-s", "60",
-                "--seen-file", &f,
+                "consume",
+                "--bootstrap",
+                &b,
+                "--topic",
+                &t,
+                "--group",
+                "migration-readers",
+                "--members",
+                "2",
+                "--expect",
+                "1000000000",
+                "--timeout-s",
+                "60",
+                "--seen-file",
+                &f,
             ])
         })
     };
     let franz_seen = scratch_dir.join("franz-group.seen");
     let _ = std::fs::remove_file(&franz_seen);
     let franz_consumer = {
-        let (b, t, f) = (bootstrap.clone(), topics.clone(), franz_seen.display().to_string());
+        let (b, t, f) = (
+            bootstrap.clone(),
+            topics.clone(),
+            franz_seen.display().to_string(),
+        );
         std::thread::spawn(move || {
             go_driver(&[
-                "consume", "--bootstrap", &b, "--topic", &t, "--group", "migration-franz",
-                "--members", "2", "--expect", "1000000000", "--timeout-s", "60",
-                "--seen-file", &f,
+                "consume",
+                "--bootstrap",
+                &b,
+                "--topic",
+                &t,
+                "--group",
+                "migration-franz",
+                "--members",
+                "2",
+                "--expect",
+                "1000000000",
+                "--timeout-s",
+                "60",
+                "--seen-file",
+                &f,
+            ])
+        })
+    };
+    let target_seen = scratch_dir.join("target-group.seen");
+    let _ = std::fs::remove_file(&target_seen);
+    let target_consumer = {
+        let (b, f) = (bootstrap.clone(), target_seen.display().to_string());
+        std::thread::spawn(move || {
+            java_driver(&[
+                "consume",
+                "--bootstrap",
+                &b,
+                "--topic",
+                ORDERS,
+                "--group",
+                "migration-on-target",
+                "--members",
+                "1",
+                "--expect",
+                "1000000000",
+                "--timeout-s",
+                "60",
+                "--seen-file",
+                &f,
             ])
         })
     };
@@ -180,29 +262,72 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     let rdk_consumer = {
         let (b, t, seen) = (bootstrap.clone(), topics.clone(), rdk_seen.clone());
         std::thread::spawn(move || {
-            rdk::consume(&b, &t, "migration-rdk", 2, u64::MAX, None, &seen, Duration::from_secs(60))
+            rdk::consume(
+                &b,
+                &t,
+                "migration-rdk",
+                2,
+                u64::MAX,
+                None,
+                &seen,
+                Duration::from_secs(60),
+            )
         })
     };
     let started = Instant::now();
     let count = PER_PRODUCER.to_string();
     let rate = RATE.to_string();
     let java = {
-        let (b, t, c, r) = (bootstrap.clone(), topics.clone(), count.clone(), rate.clone());
+        let (b, t, c, r) = (
+            bootstrap.clone(),
+            topics.clone(),
+            count.clone(),
+            rate.clone(),
+        );
         std::thread::spawn(move || {
             java_driver(&[
-                "produce", "--bootstrap", &b, "--topic", &t, "--count", &c,
-                "--keys", &KEYS.to_string(), "--key-prefix", "java", "--rate", &r,
-                "--timeout-s", "150",
+                "produce",
+                "--bootstrap",
+                &b,
+                "--topic",
+                &t,
+                "--count",
+                &c,
+                "--keys",
+                &KEYS.to_string(),
+                "--key-prefix",
+                "java",
+                "--rate",
+                &r,
+                "--timeout-s",
+                "150",
             ])
         })
     };
     let franz = {
-        let (b, t, c, r) = (bootstrap.clone(), topics.clone(), count.clone(), rate.clone());
+        let (b, t, c, r) = (
+            bootstrap.clone(),
+            topics.clone(),
+            count.clone(),
+            rate.clone(),
+        );
         std::thread::spawn(move || {
             go_driver(&[
-                "produce", "--bootstrap", &b, "--topic", &t, "--count", &c,
-                "--keys", &KEYS.to_string(), "--key-prefix", "franz", "--rate", &r,
-                "--timeout-s", "150",
+                "produce",
+                "--bootstrap",
+                &b,
+                "--topic",
+                &t,
+                "--count",
+                &c,
+                "--keys",
+                &KEYS.to_string(),
+                "--key-prefix",
+                "franz",
+                "--rate",
+                &r,
+                "--timeout-s",
+                "150",
             ])
         })
     };
@@ -226,7 +351,7 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     let flipped = routes_toml(
         source,
         target,
-        &format!("[routes.topics.\"{ORDERS}\"]\nproduce = \"target\"\nconsume = \"source\"\n"),
+        &format!("{TARGET_GROUP_ROW}\n[routes.topics.\"{ORDERS}\"]\nproduce = \"target\"\nconsume = \"source\"\n"),
     );
     proxy.write_routes(&flipped);
     let (code, body) = post(proxy, "/reload");
@@ -287,7 +412,10 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     at(20);
     let (code, out) = proxy.cli(&["rollback", "topic", ORDERS]);
     assert_eq!(code, 0, "rollback: {out}");
-    assert!(out.contains("\"produce\": \"source\""), "rollback output: {out}");
+    assert!(
+        out.contains("\"produce\": \"source\""),
+        "rollback output: {out}"
+    );
 
     let java = java.join().unwrap();
     let franz = franz.join().unwrap();
@@ -296,6 +424,7 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     let group = consumer.join().unwrap();
     let franz_group = franz_consumer.join().unwrap();
     let rdk_group = rdk_consumer.join().unwrap();
+    let target_group = target_consumer.join().unwrap();
     for (name, p, n) in [
         ("java", &java, PER_PRODUCER),
         ("franz-go", &franz, PER_PRODUCER),
@@ -383,9 +512,15 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
                 place.3,
                 mark[&place.2]
             );
-            on_target_by_key.entry(key.to_string()).or_default().push(seq);
+            on_target_by_key
+                .entry(key.to_string())
+                .or_default()
+                .push(seq);
         } else {
-            on_source_by_key.entry(key.to_string()).or_default().push(seq);
+            on_source_by_key
+                .entry(key.to_string())
+                .or_default()
+                .push(seq);
         }
     }
     for prefix in ["java", "franz", "rdk"] {
@@ -394,7 +529,10 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.len())
             .sum::<usize>();
-        assert!(n > 0, "{prefix}: some orders records were written to the target");
+        assert!(
+            n > 0,
+            "{prefix}: some orders records were written to the target"
+        );
     }
     for (key, seqs) in &on_target_by_key {
         let (lo, hi) = (*seqs.iter().min().unwrap(), *seqs.iter().max().unwrap());
@@ -408,7 +546,10 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
             src.iter().all(|s| *s < lo || *s > hi),
             "{key}: source records interleave with the target run"
         );
-        assert!(src.iter().any(|s| *s > hi), "{key}: writes returned to the source after rollback");
+        assert!(
+            src.iter().any(|s| *s > hi),
+            "{key}: writes returned to the source after rollback"
+        );
     }
     eprintln!("orders records written to the target during the flip: {flipped_records}");
 
@@ -434,7 +575,10 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
         ("librdkafka", &rdk_group, rdk_seen.values()),
     ] {
         assert_eq!(summary["fatal"], Value::Null, "{name} consumer: {summary}");
-        let not_seen = on_source.iter().filter(|v| !seen.contains(v.as_str())).count();
+        let not_seen = on_source
+            .iter()
+            .filter(|v| !seen.contains(v.as_str()))
+            .count();
         let seen_from_target = seen
             .iter()
             .filter(|v| stored.at.get(*v).is_some_and(|p| p[0].0 == "target"))
@@ -446,8 +590,59 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
         );
         assert_eq!(not_seen, 0, "the {name} group missed source records");
         assert_eq!(seen_from_target, 0, "the {name} group read target records");
-        assert_eq!(summary["order_violations"].as_u64(), Some(0), "{name}: {summary}");
+        assert_eq!(
+            summary["order_violations"].as_u64(),
+            Some(0),
+            "{name}: {summary}"
+        );
     }
+
+    // The group routed to the target read `orders` there: everything on the target
+    // (records written straight to it and those of the flip), nothing of the source.
+    let seen = read_file(&target_seen);
+    let on_target: HashSet<&String> = stored
+        .at
+        .iter()
+        .filter(|(_, p)| p[0].0 == "target")
+        .map(|(v, _)| v)
+        .collect();
+    let not_seen = on_target
+        .iter()
+        .filter(|v| !seen.contains(v.as_str()))
+        .count();
+    let from_source = seen.iter().filter(|v| on_source.contains(v)).count();
+    eprintln!(
+        "group on target: {} seen, {} on target, {not_seen} not seen, {from_source} from source",
+        seen.len(),
+        on_target.len()
+    );
+    assert_eq!(target_group["fatal"], Value::Null, "{target_group}");
+    assert_eq!((not_seen, from_source), (0, 0));
+
+    // Clients negotiated 2.4-level versions (the intersection of both clusters).
+    let versions = &proxy.status()["advertised_api_versions"];
+    for (api, max) in [
+        ("Produce", 8),
+        ("Fetch", 11),
+        ("ListOffsets", 5),
+        ("OffsetFetch", 6),
+        ("JoinGroup", 6),
+    ] {
+        assert_eq!(versions[api][1].as_i64(), Some(max), "{api}: {versions}");
+    }
+
+    // No client connection was closed by the proxy: not by the reloads, the flip,
+    // the rejected file or the rollback.
+    let closed: Vec<&str> = proxy
+        .log_text()
+        .leak()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("connection closed"))
+        .collect();
+    assert!(
+        closed.is_empty(),
+        "connections closed with an error: {closed:#?}"
+    );
 
     // Producer ids: the direct producer holds an id the source also issued to a
     // proxied producer; neither was fenced (no errors above), and nothing was lost

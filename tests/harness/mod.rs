@@ -8,8 +8,8 @@
 
 #![allow(dead_code)]
 
-pub mod rdk;
 pub mod migration;
+pub mod rdk;
 pub mod scenarios;
 
 use std::io::{Read, Write};
@@ -689,6 +689,15 @@ pub fn go_driver(args: &[&str]) -> Value {
 
 fn driver_json(mut cmd: Command, what: &str) -> Value {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    // Keep every driver's log (client library warnings, retries) for post-mortems.
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = scratch("driver-logs");
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = what.replace(' ', "-");
+        let _ = std::fs::write(dir.join(format!("{n:03}-{name}.log")), &out.stderr);
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout
         .lines()

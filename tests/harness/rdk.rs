@@ -73,7 +73,10 @@ pub fn produce_to(
         if rate > 0.0 {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             while Instant::now() < due {
-                producer.poll(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+                producer.poll(
+                    due.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(5)),
+                );
             }
         }
         let key = format!("{prefix}-{}", i % keys);
@@ -302,7 +305,10 @@ pub fn dump(bootstrap: &str, topic: &str) -> Vec<Stored> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut done: HashSet<i32> = HashSet::new();
     while done.len() < ends.len() {
-        assert!(Instant::now() < deadline, "dump of {topic} at {bootstrap} timed out");
+        assert!(
+            Instant::now() < deadline,
+            "dump of {topic} at {bootstrap} timed out"
+        );
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let value = m

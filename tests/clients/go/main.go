@@ -767,7 +767,7 @@ func runConsume(args []string) {
 
 	for i := range ms {
 		m := &member{id: i, processed: make(map[string]map[int32]kgo.EpochOffset)}
-		opts := append(c.baseOpts(fmt.Sprintf("franz-driver-consumer-%d", i)),
+		opts := append(c.baseOpts(fmt.Sprintf("franz-driver-consumer-%s-%d", group, i)),
 			kgo.ConsumeTopics(strings.Split(c.topic, ",")...),
 			kgo.ConsumerGroup(group),
 			kgo.Balancers(bal),

@@ -406,7 +406,9 @@ public final class Driver {
             Properties p = new Properties();
             p.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
             p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
-            p.put(ConsumerConfig.CLIENT_ID_CONFIG, "switchyard-java-consumer-" + idx);
+            // Like the Java client's own default (consumer-<group>-<n>), the group is
+            // part of the id, so members of different groups are told apart.
+            p.put(ConsumerConfig.CLIENT_ID_CONFIG, "switchyard-java-consumer-" + group + "-" + idx);
             p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
             p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
             p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
