@@ -4,6 +4,7 @@
 //! Validation never stops at the first problem: [`Config::load`] returns every error it
 //! found, so `switchyard check` and `POST /reload` can show an operator the whole list.
 
+mod overlap;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -114,6 +115,20 @@ impl SwitchWhen {
             SwitchWhen::Drained => "drained",
             SwitchWhen::Now => "now",
         }
+    }
+}
+
+/// Reports two regex rows that some name matches both of.
+fn ambiguous_rows(errors: &mut Vec<String>, section: &str, a: &str, b: &str) {
+    match overlap::can_overlap(a, b) {
+        Ok(Some(false)) => {}
+        Ok(Some(true)) => errors.push(format!(
+            "[{section}]: regex rows \"{a}\" and \"{b}\" both match some names but route them differently; make them disjoint or give one name an exact row"
+        )),
+        Ok(None) => errors.push(format!(
+            "[{section}]: regex rows \"{a}\" and \"{b}\" are too complex to prove disjoint; simplify them"
+        )),
+        Err(e) => errors.push(format!("[{section}]: regex rows \"{a}\" and \"{b}\": {e}")),
     }
 }
 
@@ -635,6 +650,24 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             }
         }
     }
+    // Regex rows that can match one topic and route it differently.
+    let regex_topics: Vec<&TopicRoute> = topics
+        .iter()
+        .filter(|t| matches!(t.matcher, Matcher::Regex(_)))
+        .collect();
+    for (i, a) in regex_topics.iter().enumerate() {
+        for b in &regex_topics[i + 1..] {
+            let same = a.produce == b.produce && a.consume == b.consume && a.rename == b.rename;
+            if !same {
+                ambiguous_rows(
+                    &mut errors,
+                    "routes.topics",
+                    a.matcher.source(),
+                    b.matcher.source(),
+                );
+            }
+        }
+    }
     let mut groups = Vec::new();
     for (key, g) in &r.groups {
         let section = format!("routes.groups.\"{key}\"");
@@ -679,6 +712,23 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
                 offsets,
                 when,
             });
+        }
+    }
+
+    let regex_groups: Vec<&GroupRoute> = groups
+        .iter()
+        .filter(|g| matches!(g.matcher, Matcher::Regex(_)))
+        .collect();
+    for (i, a) in regex_groups.iter().enumerate() {
+        for b in &regex_groups[i + 1..] {
+            if (&a.cluster, &a.offsets, &a.when) != (&b.cluster, &b.offsets, &b.when) {
+                ambiguous_rows(
+                    &mut errors,
+                    "routes.groups",
+                    a.matcher.source(),
+                    b.matcher.source(),
+                );
+            }
         }
     }
 
@@ -749,6 +799,10 @@ mod tests {
             default_cluster = "elsewhere"
             [routes.topics."^orders("]
             produce = "target"
+            [routes.topics."^orders\\..*"]
+            produce = "source"
+            [routes.topics."^.*\\.v1$"]
+            produce = "target"
             [routes.topics."payments"]
             produce = "mars"
             [routes.groups."billing"]
@@ -769,6 +823,7 @@ mod tests {
             "invalid regex",
             "unknown cluster `mars`",
             "`guess` is not one of",
+            "both match some names but route them differently",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

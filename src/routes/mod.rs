@@ -115,8 +115,6 @@ mod tests {
             [routes.topics."^metrics\\.(.*)$"]
             produce = "target"
             rename = { target = "src.metrics.$1" }
-            [routes.topics."^metrics\\.cpu$"]
-            produce = "source"
             [routes.groups."billing"]
             cluster = "target"
             "#,
@@ -140,10 +138,10 @@ mod tests {
     }
 
     #[test]
-    fn regex_rows_resolve_in_key_order() {
-        // "^metrics\.(.*)$" sorts before "^metrics\.cpu$", so it wins for metrics.cpu.
+    fn exact_row_beats_a_matching_regex_row() {
         let t = table();
         assert_eq!(t.produce_cluster("metrics.cpu"), "target");
+        assert_eq!(t.physical_topic("metrics.cpu", "target"), "src.metrics.cpu");
     }
 
     #[test]
