@@ -27,7 +27,7 @@ pub struct Proxy {
     clusters: BTreeMap<String, Arc<ClusterView>>,
     api_table: ArcSwap<ApiTable>,
     state: StateStore,
-    pub producers: Producers,
+    pub producers: Arc<Producers>,
     pub identities: Identities,
     pub inflight: Arc<Inflight>,
     /// One route change at a time: a reload and an API switch never interleave.
@@ -63,7 +63,7 @@ impl Proxy {
             clusters,
             api_table: ArcSwap::from_pointee(ApiTable::new()),
             state,
-            producers: Producers::default(),
+            producers: Arc::new(Producers::default()),
             identities: Identities::default(),
             inflight: Arc::new(Inflight::default()),
             changing: tokio::sync::Mutex::new(()),

@@ -25,7 +25,7 @@ const KEYS: u64 = 50;
 fn main() {
     let started = Instant::now();
     println!("Switchyard demo: a producer-first migration from Kafka 2.4.1 to Kafka 3.9, and a rollback.\n");
-    println!("Starting the source (Kafka 2.4.1, 2 brokers, ZooKeeper) and the target (Kafka 3.9, 1 broker, KRaft) on loopback...");
+    println!("Starting the source (Kafka 2.4.1, 1 broker, ZooKeeper) and the target (Kafka 3.9, 1 broker, KRaft) on loopback...");
     let env = TwoClusters::start("demo", "");
     let proxy = &env.proxy;
     println!("  source    {}", env.source.bootstrap());

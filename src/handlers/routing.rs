@@ -52,7 +52,7 @@ use crate::proxy::Proxy;
 use crate::routes::RouteTable;
 use crate::switch::identity::IdentityKey;
 use crate::switch::inflight::InflightGuard;
-use crate::switch::producers::{self, BatchError};
+use crate::switch::producers::{self, BatchError, PlanError, Producers, Sent};
 use crate::upstream::{ClusterView, UpstreamError};
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
@@ -134,6 +134,10 @@ pub struct Refused {
 /// What a routed Produce, Fetch or ListOffsets response needs on its way back.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Produce: batches whose producer id was mapped, reported as written when
+    /// their partition's response carries no error.
+    pub sent: Vec<Sent>,
+    pub producers: Option<Arc<Producers>>,
     /// Produce: the partitions this request holds in flight (released on drop).
     pub hold: Option<InflightGuard>,
     pub refused: Vec<Refused>,
@@ -433,66 +437,11 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
         metrics::steered("Produce", &here);
     }
 
-    // Producer ids: batches of idempotent, non-transactional producers carry a
-    // virtual id; upstream gets this cluster's id for that producer.
-    for t in &mut req.topic_data {
-        let logical = plan.logical(&t.name);
-        for p in &mut t.partition_data {
-            let Some(records) = &p.records else { continue };
-            let headers = match producers::batches(records) {
-                Ok(h) => h,
-                // Old formats carry no producer id; anything malformed is the
-                // broker's to reject, with its own error.
-                Err(BatchError::OldMagic { .. }) | Err(BatchError::Truncated(_)) => continue,
-            };
-            if !headers
-                .iter()
-                .any(|h| h.producer_id >= 0 && !h.transactional)
-            {
-                continue;
-            }
-            let mut out = BytesMut::from(&records[..]);
-            for h in &headers {
-                if h.producer_id < 0 || h.transactional {
-                    continue;
-                }
-                let up = loop {
-                    match ctx.proxy.producers.plan(h, &logical, p.index, here_idx) {
-                        Ok(up) => break up,
-                        Err(need) => {
-                            let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
-                            tracing::info!(
-                                virtual_id = h.producer_id,
-                                cluster = %here,
-                                producer_id = pid,
-                                "producer id issued for a producer from another cluster"
-                            );
-                            ctx.proxy.producers.set_foreign(
-                                h.producer_id,
-                                need.cluster,
-                                pid,
-                                epoch,
-                                h.epoch,
-                            );
-                        }
-                    }
-                };
-                producers::patch_batch(
-                    &mut out[h.at..h.at + h.len],
-                    up.producer_id,
-                    up.epoch,
-                    up.base_sequence,
-                );
-            }
-            p.records = Some(out.freeze());
-            changed = true;
-        }
-    }
-
     let acks = req.acks;
     if !req.topic_data.is_empty() {
         // Batches still in flight for these partitions on the cluster their writes
-        // left complete first.
+        // left complete first (their outcome, recorded when their responses are
+        // handled, decides where the numbering continues below).
         let parts: Vec<(String, i32)> = req
             .topic_data
             .iter()
@@ -510,6 +459,105 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
         }
         plan.hold = Some(guard);
     }
+
+    // Producer ids: batches of idempotent, non-transactional producers carry a
+    // virtual id; upstream gets this cluster's id for that producer.
+    let mut not_next: Vec<(TopicName, i32)> = Vec::new();
+    for t in &mut req.topic_data {
+        let logical = plan.logical(&t.name);
+        for p in &mut t.partition_data {
+            let Some(records) = &p.records else { continue };
+            let headers = match producers::batches(records) {
+                Ok(h) => h,
+                // Old formats carry no producer id; anything malformed is the
+                // broker's to reject, with its own error.
+                Err(BatchError::OldMagic { .. }) | Err(BatchError::Truncated(_)) => continue,
+            };
+            if !headers
+                .iter()
+                .any(|h| h.producer_id >= 0 && !h.transactional)
+            {
+                continue;
+            }
+            let mut out = BytesMut::from(&records[..]);
+            let mut sent = Vec::new();
+            for h in &headers {
+                if h.producer_id < 0 || h.transactional {
+                    continue;
+                }
+                let up = loop {
+                    match ctx.proxy.producers.plan(h, &logical, p.index, here_idx) {
+                        Ok(up) => break Some(up),
+                        Err(PlanError::NotNext { .. }) => break None,
+                        Err(PlanError::NeedProducerId { cluster }) => {
+                            let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
+                            tracing::info!(
+                                virtual_id = h.producer_id,
+                                cluster = %here,
+                                producer_id = pid,
+                                "producer id issued for a producer from another cluster"
+                            );
+                            ctx.proxy.producers.set_foreign(
+                                h.producer_id,
+                                cluster,
+                                pid,
+                                epoch,
+                                h.epoch,
+                            );
+                        }
+                    }
+                };
+                let Some(up) = up else {
+                    not_next.push((logical.clone(), p.index));
+                    sent.clear();
+                    break;
+                };
+                producers::patch_batch(
+                    &mut out[h.at..h.at + h.len],
+                    up.producer_id,
+                    up.epoch,
+                    up.base_sequence,
+                );
+                sent.push(Sent {
+                    producer_id: h.producer_id,
+                    epoch: h.epoch,
+                    topic: logical.to_string(),
+                    partition: p.index,
+                    cluster: here_idx,
+                    client_base: h.base_sequence,
+                    upstream_base: up.base_sequence,
+                    count: h.count,
+                });
+            }
+            plan.sent.append(&mut sent);
+            p.records = Some(out.freeze());
+            changed = true;
+        }
+    }
+    if !not_next.is_empty() {
+        // Answered with a retriable error: the client resends them after the older
+        // batches it still waits for, in order.
+        metrics::steered("Produce", &here);
+        for (logical, index) in &not_next {
+            for t in &mut req.topic_data {
+                if plan.logical(&t.name) == *logical {
+                    t.partition_data.retain(|p| p.index != *index);
+                }
+            }
+            match plan.refused.iter_mut().find(|r| r.topic == *logical) {
+                Some(r) => r.partitions.push(*index),
+                None => plan.refused.push(Refused {
+                    topic: logical.clone(),
+                    partitions: vec![*index],
+                }),
+            }
+        }
+        req.topic_data.retain(|t| !t.partition_data.is_empty());
+    }
+    if !plan.sent.is_empty() {
+        plan.producers = Some(ctx.proxy.producers.clone());
+    }
+
     if req.topic_data.is_empty() {
         if acks == 0 {
             return Ok(Action::Discard);
@@ -593,11 +641,32 @@ pub fn rewrite_produce_response(
     version: i16,
     plan: &Plan,
 ) -> Result<Bytes, DecodeError> {
-    if plan.is_noop() {
+    if plan.is_noop() && plan.sent.is_empty() {
         return Ok(frame);
     }
     let (header, resp) =
-        codec::decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)?;
+        codec::decode_response::<ProduceResponse>(ApiKey::Produce, version, frame.clone())?;
+    if let Some(producers) = &plan.producers {
+        for t in &resp.responses {
+            let logical = plan.logical(&t.name);
+            for p in &t.partition_responses {
+                // DUPLICATE_SEQUENCE_NUMBER: written before, by an earlier attempt.
+                if p.error_code != 0 && p.error_code != 46 {
+                    continue;
+                }
+                for s in plan
+                    .sent
+                    .iter()
+                    .filter(|s| s.partition == p.index && s.topic == logical.as_str())
+                {
+                    producers.acknowledged(s);
+                }
+            }
+        }
+    }
+    if plan.is_noop() {
+        return Ok(frame);
+    }
     let resp = produce_errors(plan, resp);
     codec::encode_response(ApiKey::Produce, version, header.correlation_id, &resp)
 }

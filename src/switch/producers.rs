@@ -145,10 +145,15 @@ pub struct Upstream {
     pub base_sequence: i32,
 }
 
-/// The proxy must first obtain a producer id from `cluster` for this producer.
+/// Why a batch cannot be mapped yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NeedProducerId {
-    pub cluster: usize,
+pub enum PlanError {
+    /// The proxy must first obtain a producer id from `cluster` for this producer.
+    NeedProducerId { cluster: usize },
+    /// The partition's writes just moved to this cluster and this batch is not the
+    /// next one the client must write (an older batch is still unresolved). The
+    /// batch is answered with a retriable error; the client resends in order.
+    NotNext { expected: i32 },
 }
 
 #[derive(Debug, Default)]
@@ -164,8 +169,23 @@ struct Partition {
     client_epoch: i16,
     /// upstream sequence = client sequence + delta (mod 2^31)
     delta: i64,
-    /// Next upstream sequence per cluster this partition has been written to.
+    /// Per cluster: the upstream sequence after the last batch it acknowledged.
     next: HashMap<usize, i32>,
+    /// The client sequence after the last acknowledged batch, on any cluster.
+    acked_next: Option<i32>,
+}
+
+/// One batch the proxy mapped, reported back when its response is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub topic: String,
+    pub partition: i32,
+    pub cluster: usize,
+    pub client_base: i32,
+    pub upstream_base: i32,
+    pub count: i32,
 }
 
 /// Per virtual producer id: the ids other clusters issued for it and the sequence
@@ -197,7 +217,7 @@ impl Producers {
         topic: &str,
         partition: i32,
         cluster: usize,
-    ) -> Result<Upstream, NeedProducerId> {
+    ) -> Result<Upstream, PlanError> {
         let (home, home_pid) = from_virtual(batch.producer_id);
         let mut inner = self.inner.lock().expect("producers lock");
         let producer = inner.entry(batch.producer_id).or_default();
@@ -207,7 +227,7 @@ impl Producers {
             let (pid, base_epoch, base_client) = *producer
                 .foreign
                 .get(&cluster)
-                .ok_or(NeedProducerId { cluster })?;
+                .ok_or(PlanError::NeedProducerId { cluster })?;
             let bump = (batch.epoch as i32 - base_client as i32).max(0);
             (pid, (base_epoch as i32 + bump).min(i16::MAX as i32) as i16)
         };
@@ -220,6 +240,7 @@ impl Producers {
             // proxy restart); elsewhere a fresh id starts at 0.
             delta: if cluster == home { 0 } else { -(seq as i64) },
             next: HashMap::new(),
+            acked_next: None,
         });
         if part.client_epoch != batch.epoch {
             // The client bumped its epoch and restarted its sequences; so does the
@@ -227,9 +248,17 @@ impl Producers {
             part.client_epoch = batch.epoch;
             part.cluster = cluster;
             part.next.clear();
+            part.acked_next = None;
             part.delta = -(seq as i64);
         } else if part.cluster != cluster {
-            // The partition's writes moved here: continue this cluster's numbering.
+            // The partition's writes moved here. Only the client's next batch may
+            // open the new numbering: an older one still unresolved elsewhere would
+            // otherwise be written after a newer one, out of order.
+            if let Some(expected) = part.acked_next {
+                if seq >= 0 && seq != expected {
+                    return Err(PlanError::NotNext { expected });
+                }
+            }
             let next = part.next.get(&cluster).copied().unwrap_or(0);
             part.delta = next as i64 - seq as i64;
             part.cluster = cluster;
@@ -239,15 +268,33 @@ impl Producers {
         } else {
             seq_add(seq, part.delta)
         };
-        if seq >= 0 {
-            part.next
-                .insert(cluster, seq_add(base_sequence, batch.count.max(1) as i64));
-        }
         Ok(Upstream {
             producer_id: pid,
             epoch,
             base_sequence,
         })
+    }
+
+    /// Records that a mapped batch was written (acknowledged, or a duplicate of one
+    /// that was).
+    pub fn acknowledged(&self, sent: &Sent) {
+        if sent.client_base < 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("producers lock");
+        let Some(part) = inner
+            .get_mut(&sent.producer_id)
+            .and_then(|p| p.partitions.get_mut(&(sent.topic.clone(), sent.partition)))
+        else {
+            return;
+        };
+        if part.client_epoch != sent.epoch {
+            return;
+        }
+        let count = sent.count.max(1) as i64;
+        part.next
+            .insert(sent.cluster, seq_add(sent.upstream_base, count));
+        part.acked_next = Some(seq_add(sent.client_base, count));
     }
 
     /// Number of virtual producers known (for /status).
@@ -334,18 +381,43 @@ mod tests {
         }
     }
 
+    /// Plans a batch and reports it acknowledged, as a successful round trip does.
+    fn write(p: &Producers, vpid: i64, seq: i32, count: i32, cluster: usize) -> Upstream {
+        let u = p
+            .plan(&header(vpid, 0, seq, count), "a", 0, cluster)
+            .unwrap();
+        ack(p, vpid, seq, u.base_sequence, count, cluster);
+        u
+    }
+
+    fn ack(p: &Producers, vpid: i64, seq: i32, upstream: i32, count: i32, cluster: usize) {
+        p.acknowledged(&Sent {
+            producer_id: vpid,
+            epoch: 0,
+            topic: "a".into(),
+            partition: 0,
+            cluster,
+            client_base: seq,
+            upstream_base: upstream,
+            count,
+        });
+    }
+
     #[test]
     fn sequences_follow_a_partition_across_clusters_and_back() {
         let p = Producers::default();
         let vpid = to_virtual(5, 0); // issued by cluster 0
-                                     // Home: unchanged.
-        let u = p.plan(&header(vpid, 0, 0, 10), "a", 0, 0).unwrap();
-        assert_eq!((u.producer_id, u.epoch, u.base_sequence), (5, 0, 0));
-        p.plan(&header(vpid, 0, 10, 10), "a", 0, 0).unwrap();
+        let u = write(&p, vpid, 0, 10, 0);
+        assert_eq!(
+            (u.producer_id, u.epoch, u.base_sequence),
+            (5, 0, 0),
+            "home: as is"
+        );
+        write(&p, vpid, 10, 10, 0);
         // Cluster 1 needs its own id first.
         assert_eq!(
             p.plan(&header(vpid, 0, 20, 10), "a", 0, 1),
-            Err(NeedProducerId { cluster: 1 })
+            Err(PlanError::NeedProducerId { cluster: 1 })
         );
         p.set_foreign(vpid, 1, 5, 0, 0); // the same number, issued by the other cluster
         p.set_foreign(vpid, 1, 6, 0, 0); // a concurrent second request loses
@@ -356,14 +428,14 @@ mod tests {
             "fresh id starts at 0"
         );
         // A retry of the same batch maps to the same sequence.
-        assert_eq!(p.plan(&header(vpid, 0, 20, 10), "a", 0, 1).unwrap(), u);
-        let u = p.plan(&header(vpid, 0, 30, 5), "a", 0, 1).unwrap();
+        assert_eq!(write(&p, vpid, 20, 10, 1), u);
+        let u = write(&p, vpid, 30, 5, 1);
         assert_eq!(u.base_sequence, 10);
         // Back home: cluster 0 continues at 20, where its id stopped.
-        let u = p.plan(&header(vpid, 0, 35, 5), "a", 0, 0).unwrap();
+        let u = write(&p, vpid, 35, 5, 0);
         assert_eq!((u.producer_id, u.base_sequence), (5, 20));
         // Out again: cluster 1 continues at 15.
-        let u = p.plan(&header(vpid, 0, 40, 1), "a", 0, 1).unwrap();
+        let u = write(&p, vpid, 40, 1, 1);
         assert_eq!(u.base_sequence, 15);
         // Another partition first seen on cluster 1 starts at 0 there.
         let u = p.plan(&header(vpid, 0, 7, 1), "a", 1, 1).unwrap();
@@ -371,11 +443,35 @@ mod tests {
     }
 
     #[test]
+    fn only_the_next_batch_opens_a_partition_on_its_new_cluster() {
+        let p = Producers::default();
+        let vpid = to_virtual(2, 0);
+        p.set_foreign(vpid, 1, 9, 0, 0);
+        write(&p, vpid, 0, 4, 0); // client 0..4 acknowledged at home
+                                  // The partition moves to cluster 1 while batch 4 is still unresolved at
+                                  // home (its refusal not yet seen by the client): batch 5 arriving first
+                                  // must not open the numbering there.
+        assert_eq!(
+            p.plan(&header(vpid, 0, 5, 1), "a", 0, 1),
+            Err(PlanError::NotNext { expected: 4 })
+        );
+        let u = p.plan(&header(vpid, 0, 4, 1), "a", 0, 1).unwrap();
+        assert_eq!(u.base_sequence, 0, "fresh id on cluster 1");
+        ack(&p, vpid, 4, 0, 1, 1);
+        assert_eq!(
+            p.plan(&header(vpid, 0, 5, 1), "a", 0, 1)
+                .unwrap()
+                .base_sequence,
+            1
+        );
+    }
+
+    #[test]
     fn epoch_bump_restarts_sequences() {
         let p = Producers::default();
         let vpid = to_virtual(9, 1);
         p.set_foreign(vpid, 0, 100, 4, 0);
-        let u = p.plan(&header(vpid, 0, 50, 10), "a", 0, 0).unwrap();
+        let u = write(&p, vpid, 50, 10, 0);
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 4, 0));
         let u = p.plan(&header(vpid, 1, 0, 10), "a", 0, 0).unwrap();
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 5, 0));

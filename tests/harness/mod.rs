@@ -657,15 +657,16 @@ pub fn java_driver(args: &[&str]) -> Value {
         (classes, cp)
     });
     let mut cmd = Command::new("java");
-    cmd.args([
-        "-Xmx256m",
-        "-XX:+UseSerialGC",
-        "-XX:TieredStopAtLevel=1",
-        "-cp",
-    ])
-    .arg(format!("{}:{cp}", classes.display()))
-    .arg("Driver")
-    .args(args);
+    cmd.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]);
+    // Extra JVM options for investigations, e.g. client log levels:
+    // SWITCHYARD_JAVA_DRIVER_OPTS=-Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients.producer=debug
+    if let Ok(extra) = std::env::var("SWITCHYARD_JAVA_DRIVER_OPTS") {
+        cmd.args(extra.split_whitespace());
+    }
+    cmd.arg("-cp")
+        .arg(format!("{}:{cp}", classes.display()))
+        .arg("Driver")
+        .args(args);
     driver_json(cmd, "java driver")
 }
 
