@@ -21,6 +21,7 @@
 //! - [`switch`]: the cutover machinery: produce flips and their marks, virtual
 //!   producer ids, group attribution.
 //! - [`state`]: the persisted state store (switch marks), fsynced JSON lines.
+//! - [`tls`]: rustls configurations for the listener and for each cluster.
 //! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`, `/switch`, `/rollback`).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: wires the above together and runs until shutdown.
@@ -37,4 +38,5 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod switch;
+pub mod tls;
 pub mod upstream;

@@ -13,7 +13,7 @@ use crate::handlers::api_versions::{self, ApiTable};
 use crate::handlers::VirtualMap;
 use crate::metrics;
 use crate::routes::RouteTable;
-use crate::state::{Mark, StateError, StateStore};
+use crate::state::{Mark, StateStore};
 use crate::switch::identity::Identities;
 use crate::switch::inflight::Inflight;
 use crate::switch::producers::Producers;
@@ -30,10 +30,22 @@ pub struct Proxy {
     pub producers: Arc<Producers>,
     pub identities: Identities,
     pub inflight: Arc<Inflight>,
+    /// The listener's TLS acceptor (None: plaintext), rebuilt on every reload so
+    /// renewed certificates apply to new connections.
+    tls: ArcSwap<Option<tokio_rustls::TlsAcceptor>>,
     /// One route change at a time: a reload and an API switch never interleave.
     changing: tokio::sync::Mutex<()>,
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
     history: Mutex<HashMap<String, PreviousRoute>>,
+}
+
+fn acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match &config.listener.tls {
+        None => Ok(None),
+        Some(files) => crate::tls::server_config(files)
+            .map(|c| Some(tokio_rustls::TlsAcceptor::from(c)))
+            .map_err(|e| format!("[listener.tls]: {e}")),
+    }
 }
 
 /// A topic's (produce, consume) clusters before a switch.
@@ -47,21 +59,23 @@ pub struct TopicSwitch {
 }
 
 impl Proxy {
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Proxy>, StateError> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Proxy>, String> {
         let clusters = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(ClusterView::new(c.clone()))))
-            .collect();
+            .map(|c| Ok((c.name.clone(), Arc::new(ClusterView::new(c.clone())?))))
+            .collect::<Result<_, String>>()?;
         let routes = RouteTable::new(1, &config);
         metrics::route_version(1);
-        let state = StateStore::open(&config.proxy.state_dir)?;
+        let state = StateStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
+        let tls = acceptor(&config)?;
         Ok(Arc::new(Proxy {
             config_path,
             routes: ArcSwap::from_pointee(routes),
             config: ArcSwap::from_pointee(config),
             clusters,
             api_table: ArcSwap::from_pointee(ApiTable::new()),
+            tls: ArcSwap::from_pointee(tls),
             state,
             producers: Arc::new(Producers::default()),
             identities: Identities::default(),
@@ -85,6 +99,11 @@ impl Proxy {
 
     pub fn cluster_by_index(&self, index: usize) -> Option<&Arc<ClusterView>> {
         self.clusters.values().nth(index)
+    }
+
+    /// The TLS acceptor for new client connections, if the listener uses TLS.
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        (**self.tls.load()).clone()
     }
 
     pub fn marks(&self) -> Vec<Mark> {
@@ -263,6 +282,8 @@ impl Proxy {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        // Certificates are re-read on every reload (same paths, renewed files).
+        let tls = acceptor(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
         let table = RouteTable::new(version, &new);
@@ -306,6 +327,7 @@ impl Proxy {
                 );
             }
         }
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
         self.routes.store(Arc::new(table));
         metrics::route_version(version);

@@ -32,7 +32,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let proxy = Proxy::new(config, config_path.clone())?;
+    let proxy = Proxy::new(config, config_path.clone()).map_err(anyhow::Error::msg)?;
     let config = proxy.config();
 
     // Learn every cluster before accepting clients, so the first ApiVersions answer

@@ -56,12 +56,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
         .map_err(|e| e.to_string())?;
     let builder = match &files.client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)?),
-                provider(),
-            )
-            .build()
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -97,6 +95,9 @@ pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
 /// ("CN=app-1,O=Example"), as Kafka's default SSL principal builder names it.
 pub fn principal(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = parsed.subject().to_string_with_registry(x509_parser::objects::oid_registry()).ok()?;
+    let subject = parsed
+        .subject()
+        .to_string_with_registry(x509_parser::objects::oid_registry())
+        .ok()?;
     Some(subject.replace(", ", ","))
 }

@@ -412,11 +412,20 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             }
             path
         });
-        Some(TlsFiles {
+        let files = TlsFiles {
             cert: cert?,
             key: key?,
             client_ca,
-        })
+        };
+        let readable = files.cert.exists()
+            && files.key.exists()
+            && files.client_ca.as_ref().is_none_or(|c| c.exists());
+        if readable {
+            if let Err(e) = crate::tls::server_config(&files) {
+                errors.push(format!("[listener.tls]: {e}"));
+            }
+        }
+        Some(files)
     });
     let advertised_host = l
         .advertised_host
@@ -499,11 +508,15 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
                     "[{section}.tls]: cert and key must be given together"
                 ));
             }
-            UpstreamTls {
+            let tls = UpstreamTls {
                 ca: t.ca.as_deref().map(resolve),
                 cert: t.cert.as_deref().map(resolve),
                 key: t.key.as_deref().map(resolve),
+            };
+            if let Err(e) = crate::tls::client_config(&tls) {
+                errors.push(format!("[{section}.tls]: {e}"));
             }
+            tls
         });
         let sasl = c.sasl.as_ref().and_then(|s| {
             unknown_keys(&mut errors, &format!("{section}.sasl"), &s.unknown);

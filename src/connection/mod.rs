@@ -22,7 +22,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +30,8 @@ use crate::handlers::routing::{self, RouteError, Session};
 use crate::handlers::{self, api_versions, Action, Forwarded, VirtualMap};
 use crate::metrics;
 use crate::proxy::Proxy;
-use crate::upstream::{self, ClusterView, UpstreamError};
+use crate::upstream::stream::{ReadHalf, WriteHalf};
+use crate::upstream::{ClusterView, Stream, UpstreamError};
 
 /// Which upstream a client connection stands in front of.
 #[derive(Debug, Clone)]
@@ -107,11 +107,12 @@ pub async fn serve<S>(
     listener: String,
     target: Target,
     shutdown: CancellationToken,
+    principal: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     metrics::connection_opened(&listener);
-    let result = run(proxy, client, peer, &target, shutdown).await;
+    let result = run(proxy, client, peer, &target, shutdown, principal).await;
     metrics::connection_closed(&listener);
     match result {
         Ok(()) => tracing::debug!(%peer, listener, "connection closed"),
@@ -124,7 +125,7 @@ pub async fn serve<S>(
 async fn connect_upstream(
     proxy: &Proxy,
     target: &Target,
-) -> Result<(Arc<ClusterView>, TcpStream, String), UpstreamError> {
+) -> Result<(Arc<ClusterView>, Stream, String), UpstreamError> {
     let timeout = proxy.config().proxy.connect_timeout;
     match target {
         Target::Bootstrap => {
@@ -135,7 +136,7 @@ async fn connect_upstream(
                 .ok_or_else(|| UpstreamError::NoBroker(routes.default_cluster.clone()))?;
             let mut last = UpstreamError::NoBroker(cluster.name().to_string());
             for addr in cluster.candidate_addrs() {
-                match upstream::connect(&addr, timeout).await {
+                match cluster.open(&addr, timeout).await {
                     Ok(s) => return Ok((cluster, s, addr)),
                     Err(e) => {
                         metrics::upstream_error(cluster.name(), e.kind());
@@ -153,7 +154,7 @@ async fn connect_upstream(
                 UpstreamError::NoBroker(format!("{} broker {upstream_id}", cluster.name()))
             })?;
             let addr = broker.addr();
-            match upstream::connect(&addr, timeout).await {
+            match cluster.open(&addr, timeout).await {
                 Ok(s) => Ok((cluster, s, addr)),
                 Err(e) => {
                     metrics::upstream_error(cluster.name(), e.kind());
@@ -190,6 +191,7 @@ async fn run<S>(
     peer: SocketAddr,
     target: &Target,
     shutdown: CancellationToken,
+    principal: Option<String>,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -215,7 +217,7 @@ where
     let conn_done = CancellationToken::new();
 
     let pump = tokio::spawn(pump(rx, up_r, client_w, link.clone(), conn_done.clone()));
-    let mut session = Session::new(peer.ip(), None);
+    let mut session = Session::new(peer.ip(), principal);
     let read_result = read_loop(
         &proxy,
         &mut session,
@@ -247,7 +249,7 @@ async fn read_loop<R>(
     proxy: &Proxy,
     session: &mut Session,
     mut client_r: R,
-    up_w: tokio::net::tcp::OwnedWriteHalf,
+    up_w: WriteHalf,
     tx: mpsc::Sender<Pending>,
     link: &Link,
     shutdown: &CancellationToken,
@@ -399,7 +401,7 @@ async fn decide(
 
 async fn pump<W>(
     mut rx: mpsc::Receiver<Pending>,
-    mut up_r: tokio::net::tcp::OwnedReadHalf,
+    mut up_r: ReadHalf,
     client_w: W,
     link: Arc<Link>,
     conn_done: CancellationToken,
@@ -471,7 +473,7 @@ where
 }
 
 async fn read_upstream_frame(
-    up_r: &mut tokio::net::tcp::OwnedReadHalf,
+    up_r: &mut ReadHalf,
     buf: &mut BytesMut,
     link: &Link,
     pending: usize,

@@ -15,6 +15,9 @@ use tokio_util::task::TaskTracker;
 use crate::connection::{self, Target};
 use crate::proxy::Proxy;
 
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Listeners {
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
@@ -119,8 +122,46 @@ impl Listeners {
                 let shutdown = this.shutdown.clone();
                 let name = name.clone();
                 let target = target.clone();
+                let acceptor = proxy.tls_acceptor();
                 this.tracker.spawn(async move {
-                    connection::serve(proxy, socket, peer, name, target, shutdown).await;
+                    match acceptor {
+                        None => {
+                            connection::serve(proxy, socket, peer, name, target, shutdown, None)
+                                .await
+                        }
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                HANDSHAKE_TIMEOUT,
+                                acceptor.accept(socket),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(tls)) => {
+                                    let principal = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .and_then(crate::tls::principal);
+                                    if let Some(p) = &principal {
+                                        tracing::debug!(%peer, principal = %p, "client certificate accepted");
+                                    }
+                                    connection::serve(
+                                        proxy, tls, peer, name, target, shutdown, principal,
+                                    )
+                                    .await
+                                }
+                                Ok(Err(e)) => {
+                                    crate::metrics::rejected_frame("tls_handshake");
+                                    tracing::warn!(%peer, listener = %name, reason = %e, "TLS handshake failed; connection closed");
+                                }
+                                Err(_) => {
+                                    crate::metrics::rejected_frame("tls_handshake");
+                                    tracing::warn!(%peer, listener = %name, "TLS handshake timed out; connection closed");
+                                }
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }

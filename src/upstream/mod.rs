@@ -18,8 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::codec;
+pub mod stream;
 use crate::config::ClusterConfig;
 use crate::metrics;
+pub use stream::Stream;
 
 /// Why talking to an upstream broker failed. All of these are the upstream's side:
 /// clients see a closed connection or a retriable error, never a hang.
@@ -41,6 +43,8 @@ pub enum UpstreamError {
     Protocol { addr: String, reason: String },
     #[error("no broker of cluster `{0}` is reachable")]
     NoBroker(String),
+    #[error("TLS with {addr}: {reason}")]
+    Tls { addr: String, reason: String },
 }
 
 impl UpstreamError {
@@ -51,6 +55,7 @@ impl UpstreamError {
             UpstreamError::Io { .. } => "io",
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::NoBroker(_) => "no_broker",
+            UpstreamError::Tls { .. } => "tls",
         }
     }
 }
@@ -76,14 +81,19 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, Upstrea
 
 /// Sends one request on `stream` and reads its response. Used for the proxy's own
 /// requests (discovery), never on a client's connection.
-pub async fn round_trip<Req: Encodable, Resp: Decodable>(
-    stream: &mut TcpStream,
+pub async fn round_trip<S, Req, Resp>(
+    stream: &mut S,
     addr: &str,
     api: ApiKey,
     version: i16,
     body: &Req,
     timeout: Duration,
-) -> Result<Resp, UpstreamError> {
+) -> Result<Resp, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    Req: Encodable,
+    Resp: Decodable,
+{
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
@@ -158,12 +168,23 @@ pub struct ClusterView {
     upstream_cluster_id: ArcSwap<Option<String>>,
     /// Idle connections for the proxy's own requests (merged Metadata, producer ids,
     /// coordinators, switch marks). Each is used by one request at a time.
-    idle: std::sync::Mutex<Vec<(String, TcpStream)>>,
+    idle: std::sync::Mutex<Vec<(String, Stream)>>,
+    /// TLS to this cluster's brokers, when configured.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClusterView {
-    pub fn new(config: ClusterConfig) -> ClusterView {
-        ClusterView {
+    /// Fails when the cluster's TLS files cannot be read.
+    pub fn new(config: ClusterConfig) -> Result<ClusterView, String> {
+        let tls = match &config.tls {
+            Some(t) => Some(
+                crate::tls::client_config(t)
+                    .map_err(|e| format!("cluster `{}`: {e}", config.name))?,
+            ),
+            None => None,
+        };
+        Ok(ClusterView {
+            tls,
             config,
             brokers: ArcSwap::from_pointee(BTreeMap::new()),
             api_ranges: ArcSwap::from_pointee(None),
@@ -172,6 +193,25 @@ impl ClusterView {
             last_error: ArcSwap::from_pointee(None),
             upstream_cluster_id: ArcSwap::from_pointee(None),
             idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Opens a connection to one of this cluster's brokers: TCP, then TLS when the
+    /// cluster is configured with it.
+    pub async fn open(&self, addr: &str, timeout: Duration) -> Result<Stream, UpstreamError> {
+        let tcp = connect(addr, timeout).await?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(config) => {
+                let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Stream::tls(tcp, config, host, timeout)
+                    .await
+                    .map_err(|e| UpstreamError::Tls {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -272,7 +312,7 @@ impl ClusterView {
         };
         for addr in candidates {
             let attempt = async {
-                let mut stream = connect(&addr, timeout).await?;
+                let mut stream = self.open(&addr, timeout).await?;
                 let resp = round_trip(&mut stream, &addr, api, version, body, timeout).await?;
                 Ok::<_, UpstreamError>((stream, resp))
             };
@@ -290,7 +330,7 @@ impl ClusterView {
         Err(last)
     }
 
-    fn give_back(&self, addr: String, stream: TcpStream) {
+    fn give_back(&self, addr: String, stream: Stream) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < 8 {
             idle.push((addr, stream));
@@ -328,7 +368,7 @@ impl ClusterView {
     }
 
     async fn refresh_from(&self, addr: &str, timeout: Duration) -> Result<(), UpstreamError> {
-        let mut stream = connect(addr, timeout).await?;
+        let mut stream = self.open(addr, timeout).await?;
         // v0 is understood by every broker; newer versions add nothing the proxy
         // needs for discovery.
         let versions: ApiVersionsResponse = round_trip(

@@ -11,6 +11,7 @@
 pub mod migration;
 pub mod rdk;
 pub mod scenarios;
+pub mod security;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -172,6 +173,8 @@ struct Broker {
 pub struct Cluster {
     pub version: KafkaVersion,
     pub dir: PathBuf,
+    /// The CA of an SSL-only cluster (`start_tls`); None for plaintext.
+    pub tls_ca: Option<PathBuf>,
     classpath: String,
     brokers: Mutex<Vec<Broker>>,
     zookeeper: Mutex<Option<Child>>,
@@ -206,6 +209,35 @@ fn log4j(dir: &Path) -> PathBuf {
 impl Cluster {
     /// Starts a cluster of `n` brokers and waits until all are in its metadata.
     pub fn start(version: KafkaVersion, n: usize, name: &str) -> Cluster {
+        Self::start_with(version, n, name, None)
+    }
+
+    /// A Kafka 3.9 cluster whose brokers accept only TLS, with the certificates of
+    /// `certs/gen.sh` in `certs` (server.crt/key, ca.crt).
+    pub fn start_tls(n: usize, name: &str, certs: &Path) -> Cluster {
+        Self::start_with(KafkaVersion::V3, n, name, Some(certs))
+    }
+
+    /// Java client properties for talking to this cluster directly.
+    pub fn client_props(&self) -> Vec<String> {
+        match &self.tls_ca {
+            None => Vec::new(),
+            Some(ca) => [
+                "security.protocol=SSL".to_string(),
+                "ssl.truststore.type=PEM".to_string(),
+                format!("ssl.truststore.location={}", ca.display()),
+            ]
+            .into_iter()
+            .flat_map(|p| ["--prop".to_string(), p])
+            .collect(),
+        }
+    }
+
+    fn start_with(version: KafkaVersion, n: usize, name: &str, tls: Option<&Path>) -> Cluster {
+        assert!(
+            tls.is_none() || version == KafkaVersion::V3,
+            "TLS brokers are 3.x only"
+        );
         let classpath = classpath(version.project());
         let dir = scratch(name);
         let log4j = log4j(&dir);
@@ -287,15 +319,37 @@ impl Cluster {
                     .zip(&controller_ports)
                     .enumerate()
                     .map(|(i, (port, controller_port))| {
+                        let (proto, ssl) = match tls {
+                            None => ("PLAINTEXT", String::new()),
+                            Some(certs) => {
+                                // A PEM keystore is the key followed by its chain.
+                                let pem = dir.join("server.pem");
+                                let mut both = std::fs::read(certs.join("server.key")).unwrap();
+                                both.extend(std::fs::read(certs.join("server.crt")).unwrap());
+                                std::fs::write(&pem, both).unwrap();
+                                (
+                                    "SSL",
+                                    format!(
+                                        "ssl.keystore.type=PEM\n\
+                                         ssl.keystore.location={}\n\
+                                         ssl.truststore.type=PEM\n\
+                                         ssl.truststore.location={}\n\
+                                         ssl.client.auth=none\n",
+                                        pem.display(),
+                                        certs.join("ca.crt").display()
+                                    ),
+                                )
+                            }
+                        };
                         format!(
                             "process.roles=broker,controller\n\
                              node.id={}\n\
                              controller.quorum.voters={voters}\n\
-                             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
-                             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                             listeners={proto}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+                             advertised.listeners={proto}://127.0.0.1:{port}\n\
                              controller.listener.names=CONTROLLER\n\
-                             inter.broker.listener.name=PLAINTEXT\n\
-                             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n",
+                             inter.broker.listener.name={proto}\n\
+                             listener.security.protocol.map={proto}:{proto},CONTROLLER:PLAINTEXT\n{ssl}",
                             i + 1
                         )
                     })
@@ -337,6 +391,7 @@ impl Cluster {
         }
         let cluster = Cluster {
             version,
+            tls_ca: tls.map(|c| c.join("ca.crt")),
             dir,
             classpath,
             brokers: Mutex::new(brokers),
@@ -412,9 +467,17 @@ impl Cluster {
                 name: "probe".into(),
                 bootstrap: self.bootstrap_list(),
                 node_id_offset: 0,
-                tls: None,
+                tls: self
+                    .tls_ca
+                    .as_ref()
+                    .map(|ca| switchyard::config::UpstreamTls {
+                        ca: Some(ca.clone()),
+                        cert: None,
+                        key: None,
+                    }),
                 sasl: None,
-            });
+            })
+            .unwrap();
             let ok = rt.block_on(view.refresh(Duration::from_secs(3))).is_ok();
             if ok && view.brokers().len() >= n && view.controller() >= 0 {
                 return;

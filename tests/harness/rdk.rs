@@ -57,15 +57,32 @@ pub fn produce_to(
     prefix: &str,
     rate: f64,
 ) -> Value {
+    produce_opts(bootstrap, topics, count, keys, prefix, rate, &[])
+}
+
+/// Like [`produce_to`], with extra librdkafka properties (TLS settings, timeouts).
+pub fn produce_opts(
+    bootstrap: &str,
+    topics: &[&str],
+    count: u64,
+    keys: u64,
+    prefix: &str,
+    rate: f64,
+    extra: &[(&str, &str)],
+) -> Value {
     let topic = topics.join(",");
     let started = Instant::now();
     let delivery = Arc::new(Delivery::default());
-    let producer: BaseProducer<ProduceCtx> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "120000")
+        .set("message.timeout.ms", "120000");
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    let producer: BaseProducer<ProduceCtx> = cfg
         .create_with_context(ProduceCtx(delivery.clone()))
         .expect("rdkafka producer");
     let mut sent = 0;
@@ -184,6 +201,32 @@ pub fn consume(
     seen: &Arc<Seen>,
     timeout: Duration,
 ) -> Value {
+    consume_opts(
+        bootstrap,
+        topic,
+        group,
+        members,
+        expect,
+        stop_after,
+        seen,
+        timeout,
+        &[],
+    )
+}
+
+/// Like [`consume`], with extra librdkafka properties.
+#[allow(clippy::too_many_arguments)]
+pub fn consume_opts(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    members: usize,
+    expect: u64,
+    stop_after: Option<u64>,
+    seen: &Arc<Seen>,
+    timeout: Duration,
+    extra: &[(&str, &str)],
+) -> Value {
     let started = Instant::now();
     let deadline = started + timeout;
     let consumed_this_run = Arc::new(AtomicU64::new(0));
@@ -200,12 +243,16 @@ pub fn consume(
             let seen = seen.clone();
             let consumed_this_run = consumed_this_run.clone();
             s.spawn(move || {
-                let consumer: BaseConsumer<ConsumeCtx> = ClientConfig::new()
-                    .set("bootstrap.servers", bootstrap)
+                let mut cfg = ClientConfig::new();
+                cfg.set("bootstrap.servers", bootstrap)
                     .set("group.id", group)
                     .set("enable.auto.commit", "false")
                     .set("auto.offset.reset", "earliest")
-                    .set("session.timeout.ms", "10000")
+                    .set("session.timeout.ms", "10000");
+                for (k, v) in extra {
+                    cfg.set(*k, *v);
+                }
+                let consumer: BaseConsumer<ConsumeCtx> = cfg
                     .create_with_context(ConsumeCtx)
                     .expect("rdkafka consumer");
                 let topics: Vec<&str> = topic.split(',').collect();

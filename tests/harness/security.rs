@@ -1,0 +1,370 @@
+//! TLS in front of and behind the proxy: clients connect over TLS (and mTLS) to
+//! Switchyard, which terminates it and talks TLS to a Kafka 3.9 cluster that accepts
+//! nothing else, with its own CA settings.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{java_driver, rdk, repo, run_ok, scratch, Cluster, Proxy};
+
+pub struct TlsEnv {
+    pub certs: PathBuf,
+    pub cluster: Cluster,
+    /// TLS listener, no client certificates.
+    pub tls: Proxy,
+    /// TLS listener that requires client certificates (mTLS).
+    pub mtls: Proxy,
+}
+
+/// Runs `certs/gen.sh` into a scratch directory, plus the PEM keystore files the
+/// Java client wants (key followed by certificate).
+pub fn make_certs(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    run_ok(
+        std::process::Command::new("bash")
+            .arg(repo().join("certs/gen.sh"))
+            .arg(&dir),
+        "certs/gen.sh",
+    );
+    for who in ["client", "expired", "rogue"] {
+        let mut pem = std::fs::read(dir.join(format!("{who}.key"))).unwrap();
+        pem.extend(std::fs::read(dir.join(format!("{who}.crt"))).unwrap());
+        std::fs::write(dir.join(format!("{who}.pem")), pem).unwrap();
+    }
+    dir
+}
+
+fn proxy_toml(certs: &Path, cluster: &Cluster, mtls: bool) -> String {
+    let client_ca = if mtls {
+        format!("client_ca = \"{}\"\n", certs.join("ca.crt").display())
+    } else {
+        String::new()
+    };
+    format!(
+        "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n{client_ca}\n\
+         [clusters.secure]\nbootstrap = [{}]\ntls = {{ ca = \"{}\" }}\n\n\
+         [routes]\ndefault_cluster = \"secure\"\n",
+        certs.join("server.crt").display(),
+        certs.join("server.key").display(),
+        cluster
+            .bootstrap_list()
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        certs.join("ca.crt").display(),
+    )
+}
+
+impl TlsEnv {
+    pub fn start(name: &str) -> TlsEnv {
+        let certs = make_certs(&format!("{name}-certs"));
+        let cluster = Cluster::start_tls(1, &format!("{name}-kafka"), &certs);
+        let ids = cluster.broker_ids();
+        let tls = Proxy::start(
+            &format!("{name}-tls-proxy"),
+            &proxy_toml(&certs, &cluster, false),
+            &ids,
+        );
+        let mtls = Proxy::start(
+            &format!("{name}-mtls-proxy"),
+            &proxy_toml(&certs, &cluster, true),
+            &ids,
+        );
+        TlsEnv {
+            certs,
+            cluster,
+            tls,
+            mtls,
+        }
+    }
+
+    /// Java properties for a client of the proxy: TLS trusting the dev CA, and with
+    /// `client` a client certificate ("client", "expired" or "rogue").
+    pub fn java_props(&self, client: Option<&str>) -> Vec<String> {
+        let mut props = vec![
+            "security.protocol=SSL".to_string(),
+            "ssl.truststore.type=PEM".to_string(),
+            format!(
+                "ssl.truststore.location={}",
+                self.certs.join("ca.crt").display()
+            ),
+        ];
+        if let Some(c) = client {
+            props.push("ssl.keystore.type=PEM".into());
+            props.push(format!(
+                "ssl.keystore.location={}",
+                self.certs.join(format!("{c}.pem")).display()
+            ));
+        }
+        props
+            .into_iter()
+            .flat_map(|p| ["--prop".to_string(), p])
+            .collect()
+    }
+
+    /// librdkafka properties for a client of the proxy.
+    pub fn rdk_props(&self, client: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut props = vec![
+            ("security.protocol", "ssl".to_string()),
+            (
+                "ssl.ca.location",
+                self.certs.join("ca.crt").display().to_string(),
+            ),
+        ];
+        if let Some(c) = client {
+            props.push((
+                "ssl.certificate.location",
+                self.certs.join(format!("{c}.crt")).display().to_string(),
+            ));
+            props.push((
+                "ssl.key.location",
+                self.certs.join(format!("{c}.key")).display().to_string(),
+            ));
+        }
+        props
+    }
+}
+
+fn with(args: &[&str], extra: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+fn java(args: Vec<String>) -> Value {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    java_driver(&refs)
+}
+
+fn create_topic(env: &TlsEnv, topic: &str) {
+    let v = java(with(
+        &[
+            "create-topic",
+            "--bootstrap",
+            &env.cluster.bootstrap(),
+            "--topic",
+            topic,
+            "--partitions",
+            "3",
+            "--replication",
+            "1",
+        ],
+        &env.cluster.client_props(),
+    ));
+    assert_eq!(v["ok"], Value::Bool(true), "create {topic}: {v}");
+}
+
+/// Java and librdkafka produce and consume through `proxy` over TLS (with a client
+/// certificate when `client` is given); the cluster behind speaks only TLS.
+fn round_trip(env: &TlsEnv, proxy: &Proxy, client: Option<&str>, tag: &str) {
+    const N: u64 = 10_000;
+    let topic = format!("tls-{tag}");
+    create_topic(env, &topic);
+    let props = env.java_props(client);
+    let p = java(with(
+        &[
+            "produce",
+            "--bootstrap",
+            &proxy.bootstrap,
+            "--topic",
+            &topic,
+            "--count",
+            &N.to_string(),
+            "--keys",
+            "20",
+            "--key-prefix",
+            "java",
+        ],
+        &props,
+    ));
+    super::assert_produced(&p, N);
+    let owned = env.rdk_props(client);
+    let rdk_props: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = rdk::produce_opts(&proxy.bootstrap, &[&topic], N, 20, "rdk", 0.0, &rdk_props);
+    super::assert_produced(&r, N);
+    let c = java(with(
+        &[
+            "consume",
+            "--bootstrap",
+            &proxy.bootstrap,
+            "--topic",
+            &topic,
+            "--group",
+            &format!("{topic}-java"),
+            "--members",
+            "2",
+            "--expect",
+            &(2 * N).to_string(),
+            "--timeout-s",
+            "90",
+        ],
+        &props,
+    ));
+    super::assert_consumed(&c, 2 * N, 0);
+    let seen = Arc::new(rdk::Seen::default());
+    let r = rdk::consume_opts(
+        &proxy.bootstrap,
+        &topic,
+        &format!("{topic}-rdk"),
+        2,
+        2 * N,
+        None,
+        &seen,
+        Duration::from_secs(90),
+        &rdk_props,
+    );
+    super::assert_consumed(&r, 2 * N, 0);
+}
+
+pub fn tls_round_trip(env: &TlsEnv) {
+    round_trip(env, &env.tls, None, "plain-client");
+}
+
+pub fn mtls_round_trip(env: &TlsEnv) {
+    round_trip(env, &env.mtls, Some("client"), "mtls");
+    // The certificate subject is the connection's principal.
+    let log = env.mtls.log_text();
+    assert!(
+        log.contains("principal=CN=app-1,O=Switchyard development"),
+        "principal logged from the client certificate"
+    );
+}
+
+/// Untrusted and expired client certificates, a client without a certificate, and a
+/// plaintext client on the TLS port all fail with a logged reason, while a producer
+/// with a good certificate beside them is not disturbed.
+pub fn bad_clients_are_refused(env: &TlsEnv) {
+    let topic = "tls-beside-bad";
+    create_topic(env, topic);
+    let good = {
+        let args = with(
+            &[
+                "produce",
+                "--bootstrap",
+                &env.mtls.bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                "6000",
+                "--keys",
+                "10",
+                "--key-prefix",
+                "good",
+                "--rate",
+                "400",
+            ],
+            &env.java_props(Some("client")),
+        );
+        std::thread::spawn(move || java(args))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+
+    let failing = |client: Option<&str>| {
+        let owned = env.rdk_props(client);
+        let mut props: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        props.push(("message.timeout.ms", "6000"));
+        let r = rdk::produce_opts(&env.mtls.bootstrap, &[topic], 1, 1, "bad", 0.0, &props);
+        assert_eq!(r["acked"].as_u64(), Some(0), "must not be accepted: {r}");
+        r
+    };
+    let rogue = failing(Some("rogue"));
+    let expired = failing(Some("expired"));
+    let none = failing(None);
+    eprintln!("rogue: {rogue}\nexpired: {expired}\nno certificate: {none}");
+
+    // librdkafka (like the Java client) offers no certificate at all when its
+    // issuer is not one the server names; a client that does present an untrusted
+    // one is refused by the proxy's verification.
+    let refused = raw_tls_with_cert(env, "rogue");
+    eprintln!("raw TLS client with the rogue certificate: {refused}");
+
+    // Plaintext Kafka bytes on the TLS port: the proxy closes the connection.
+    let port: u16 = env
+        .mtls
+        .bootstrap
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // ApiVersions v0, correlation id 7, client id "plain".
+    let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 7, 0, 5];
+    frame.extend(b"plain");
+    let mut msg = (frame.len() as i32).to_be_bytes().to_vec();
+    msg.extend(frame);
+    s.write_all(&msg).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    // A TLS alert at most (a few bytes), never a Kafka response; then EOF.
+    assert!(n < 16, "plaintext client got {n} bytes back");
+
+    // A reload re-reads the certificate files; connections already open stay.
+    let (code, body) = env.mtls.http("POST", "/reload");
+    assert_eq!(code, 200, "reload with TLS: {body}");
+
+    let g = good.join().unwrap();
+    super::assert_produced(&g, 6000);
+
+    let log = env.mtls.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .collect();
+    eprintln!("{}", failures.join("\n"));
+    for reason in [
+        "UnknownIssuer",
+        "certificate expired",
+        "peer sent no certificates",
+        "InvalidContentType",
+    ] {
+        assert!(
+            failures.iter().any(|l| l.contains(reason)),
+            "a handshake failure naming {reason}"
+        );
+    }
+}
+
+/// A TLS client that always presents `who`'s certificate, then sends an ApiVersions
+/// request; returns how the exchange ended.
+fn raw_tls_with_cert(env: &TlsEnv, who: &str) -> String {
+    let config = switchyard::tls::client_config(&switchyard::config::UpstreamTls {
+        ca: Some(env.certs.join("ca.crt")),
+        cert: Some(env.certs.join(format!("{who}.crt"))),
+        key: Some(env.certs.join(format!("{who}.key"))),
+    })
+    .unwrap();
+    let port: u16 = env
+        .mtls
+        .bootstrap
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let conn = rustls::ClientConnection::new(config, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 9, 0, 3];
+    frame.extend(b"raw");
+    let mut msg = (frame.len() as i32).to_be_bytes().to_vec();
+    msg.extend(frame);
+    let write = tls.write_all(&msg).and_then(|_| tls.flush());
+    let mut buf = [0u8; 64];
+    let read = tls.read(&mut buf);
+    match (write, read) {
+        (Err(e), _) => format!("write failed: {e}"),
+        (Ok(()), Ok(0)) => "closed".into(),
+        (Ok(()), Ok(n)) => panic!("the proxy answered an untrusted client ({n} bytes)"),
+        (Ok(()), Err(e)) => format!("read failed: {e}"),
+    }
+}
