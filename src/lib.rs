@@ -21,6 +21,7 @@
 //! - [`switch`]: the cutover machinery: produce flips and their marks, virtual
 //!   producer ids, group attribution.
 //! - [`state`]: the persisted state store (switch marks), fsynced JSON lines.
+//! - [`sasl`]: PLAIN and SCRAM, server side (clients) and client side (clusters).
 //! - [`tls`]: rustls configurations for the listener and for each cluster.
 //! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`, `/switch`, `/rollback`).
 //! - [`metrics`]: every metric name, in one place.
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod sasl;
 pub mod server;
 pub mod state;
 pub mod switch;
