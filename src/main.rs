@@ -39,6 +39,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9644", global = true)]
         admin: String,
     },
+    /// Users for SASL termination: prints a users-file entry.
+    User {
+        #[command(subcommand)]
+        what: UserWhat,
+    },
     /// Flip a route back.
     Rollback {
         /// `topic` or `group`
@@ -46,6 +51,19 @@ enum Command {
         name: String,
         #[arg(long, default_value = "http://127.0.0.1:9644")]
         admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserWhat {
+    /// Prints salted SCRAM entries for NAME to append to `[listener.sasl] users_file`.
+    /// The password is read from the first line of stdin; it is never stored.
+    Add {
+        name: String,
+        #[arg(long = "mechanism", default_values_t = ["SCRAM-SHA-512".to_string()])]
+        mechanisms: Vec<String>,
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
     },
 }
 
@@ -130,6 +148,45 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { admin } => http(&admin, "GET", "/status", None),
+        Command::User {
+            what:
+                UserWhat::Add {
+                    name,
+                    mechanisms,
+                    iterations,
+                },
+        } => {
+            use switchyard::sasl::{Credentials, Hash, ScramEntry};
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() || password.trim().is_empty() {
+                eprintln!("user add: give the password on stdin");
+                return ExitCode::from(2);
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            let mut entries = std::collections::BTreeMap::new();
+            for m in &mechanisms {
+                let Some(hash) = Hash::of_mechanism(m) else {
+                    eprintln!("user add: `{m}` is not SCRAM-SHA-256 or SCRAM-SHA-512");
+                    return ExitCode::from(2);
+                };
+                entries.insert(
+                    m.clone(),
+                    ScramEntry::new(hash, password, iterations.max(4096)),
+                );
+            }
+            let mut creds = Credentials::default();
+            creds.users.insert(name, entries);
+            match toml::to_string(&creds) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("user add: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Switch { what, admin } => match what {
             SwitchWhat::Topic {
                 name,

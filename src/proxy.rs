@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigErrors, Matcher, TopicRoute};
 use crate::handlers::api_versions::{self, ApiTable};
+use crate::handlers::sasl::ServerSasl;
 use crate::handlers::VirtualMap;
 use crate::metrics;
 use crate::routes::RouteTable;
@@ -33,10 +34,23 @@ pub struct Proxy {
     /// The listener's TLS acceptor (None: plaintext), rebuilt on every reload so
     /// renewed certificates apply to new connections.
     tls: ArcSwap<Option<tokio_rustls::TlsAcceptor>>,
+    /// SASL termination (None: clients need not authenticate), rebuilt on reload.
+    sasl: ArcSwap<Option<Arc<ServerSasl>>>,
     /// One route change at a time: a reload and an API switch never interleave.
     changing: tokio::sync::Mutex<()>,
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
     history: Mutex<HashMap<String, PreviousRoute>>,
+}
+
+fn server_sasl(config: &Config) -> Result<Option<Arc<ServerSasl>>, String> {
+    match &config.listener.sasl {
+        None => Ok(None),
+        Some(s) => Ok(Some(Arc::new(ServerSasl {
+            mechanisms: s.mechanisms.clone(),
+            credentials: crate::sasl::Credentials::load(&s.users_file)
+                .map_err(|e| format!("[listener.sasl] users_file: {e}"))?,
+        }))),
+    }
 }
 
 fn acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
@@ -69,6 +83,7 @@ impl Proxy {
         metrics::route_version(1);
         let state = StateStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
         let tls = acceptor(&config)?;
+        let sasl = server_sasl(&config)?;
         Ok(Arc::new(Proxy {
             config_path,
             routes: ArcSwap::from_pointee(routes),
@@ -76,6 +91,7 @@ impl Proxy {
             clusters,
             api_table: ArcSwap::from_pointee(ApiTable::new()),
             tls: ArcSwap::from_pointee(tls),
+            sasl: ArcSwap::from_pointee(sasl),
             state,
             producers: Arc::new(Producers::default()),
             identities: Identities::default(),
@@ -104,6 +120,11 @@ impl Proxy {
     /// The TLS acceptor for new client connections, if the listener uses TLS.
     pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         (**self.tls.load()).clone()
+    }
+
+    /// SASL termination settings, if the listener requires SASL.
+    pub fn sasl(&self) -> Option<Arc<ServerSasl>> {
+        (**self.sasl.load()).clone()
     }
 
     pub fn marks(&self) -> Vec<Mark> {
@@ -284,6 +305,7 @@ impl Proxy {
         }
         // Certificates are re-read on every reload (same paths, renewed files).
         let tls = acceptor(&new).map_err(|e| ConfigErrors(vec![e]))?;
+        let sasl = server_sasl(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
         let table = RouteTable::new(version, &new);
@@ -328,6 +350,7 @@ impl Proxy {
             }
         }
         self.tls.store(Arc::new(tls));
+        self.sasl.store(Arc::new(sasl));
         self.config.store(Arc::new(new));
         self.routes.store(Arc::new(table));
         metrics::route_version(version);

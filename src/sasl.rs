@@ -168,9 +168,9 @@ impl Credentials {
         let Some(entries) = self.users.get(user) else {
             return false;
         };
-        entries.iter().any(|(m, e)| {
-            Hash::of_mechanism(m).is_some_and(|h| e.verify_password(h, password))
-        })
+        entries
+            .iter()
+            .any(|(m, e)| Hash::of_mechanism(m).is_some_and(|h| e.verify_password(h, password)))
     }
 }
 
@@ -258,7 +258,10 @@ impl ScramServer {
         let Some(bare) = text
             .strip_prefix("n,,")
             .or_else(|| text.strip_prefix("y,,"))
-            .or_else(|| text.split_once(",").and_then(|(_, rest)| rest.split_once(',').map(|(_, b)| b)))
+            .or_else(|| {
+                text.split_once(",")
+                    .and_then(|(_, rest)| rest.split_once(',').map(|(_, b)| b))
+            })
         else {
             return Err(AuthError::Malformed("SCRAM client-first"));
         };
@@ -270,7 +273,10 @@ impl ScramServer {
         let entry = creds.entry(&user, mechanism).cloned();
         let (salt, iterations) = match &entry {
             Some(e) => (e.salt.clone(), e.iterations),
-            None => (B64.encode(hash.digest(user.as_bytes()))[..24].to_string(), 4096),
+            None => (
+                B64.encode(hash.digest(user.as_bytes()))[..24].to_string(),
+                4096,
+            ),
         };
         let nonce = format!("{client_nonce}{}", self::nonce());
         let server_first = format!("r={nonce},s={salt},i={iterations}");
@@ -297,8 +303,7 @@ impl ScramServer {
             server_first,
             nonce,
         } = self;
-        let text =
-            std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("SCRAM"))?;
+        let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("SCRAM"))?;
         let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
             return Err(AuthError::Malformed("SCRAM client-final"));
         };
@@ -324,7 +329,10 @@ impl ScramServer {
             return Err(bad());
         }
         let server_signature = hash.hmac(&server_key, auth_message.as_bytes());
-        Ok((user, format!("v={}", B64.encode(server_signature)).into_bytes()))
+        Ok((
+            user,
+            format!("v={}", B64.encode(server_signature)).into_bytes(),
+        ))
     }
 }
 
@@ -377,9 +385,7 @@ impl ScramClient {
         }
         let salt = B64.decode(salt).map_err(|e| e.to_string())?;
         let iterations: u32 = iterations.parse().map_err(|_| "bad iteration count")?;
-        let salted = self
-            .hash
-            .salted_password(&self.password, &salt, iterations);
+        let salted = self.hash.salted_password(&self.password, &salt, iterations);
         let client_key = self.hash.hmac(&salted, b"Client Key");
         let stored_key = self.hash.digest(&client_key);
         let without_proof = format!("c=biws,r={nonce}");
@@ -465,22 +471,34 @@ mod tests {
             let (mut client, first) = ScramClient::new(mechanism, "alice", "wrong").unwrap();
             let (server, server_first) = ScramServer::start(&creds, mechanism, &first).unwrap();
             let fin = client.respond(&server_first).unwrap();
-            assert!(matches!(server.finish(&fin), Err(AuthError::BadCredentials { .. })));
+            assert!(matches!(
+                server.finish(&fin),
+                Err(AuthError::BadCredentials { .. })
+            ));
 
             let (mut client, first) = ScramClient::new(mechanism, "mallory", "x").unwrap();
             let (server, server_first) = ScramServer::start(&creds, mechanism, &first).unwrap();
             let fin = client.respond(&server_first).unwrap();
-            assert!(matches!(server.finish(&fin), Err(AuthError::BadCredentials { .. })));
+            assert!(matches!(
+                server.finish(&fin),
+                Err(AuthError::BadCredentials { .. })
+            ));
         }
     }
 
     #[test]
     fn plain_checks_against_salted_entries() {
         let creds = creds();
-        assert_eq!(plain_login(&creds, b"\0alice\0alice-secret").unwrap(), "alice");
+        assert_eq!(
+            plain_login(&creds, b"\0alice\0alice-secret").unwrap(),
+            "alice"
+        );
         assert!(plain_login(&creds, b"\0alice\0nope").is_err());
         assert!(plain_login(&creds, b"\0bob\0alice-secret").is_err());
-        assert!(matches!(plain_login(&creds, b"garbage"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            plain_login(&creds, b"garbage"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub struct ListenerConfig {
     pub broker_port_base: u16,
     pub sni_pattern: Option<String>,
     pub tls: Option<TlsFiles>,
+    pub sasl: Option<ListenerSasl>,
+}
+
+/// SASL termination for clients: the mechanisms offered and the users file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSasl {
+    pub mechanisms: Vec<String>,
+    pub users_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,6 +442,43 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     if advertised_host.is_empty() {
         errors.push("[listener] advertised_host: must not be empty".into());
     }
+    let sasl = l.sasl.as_ref().and_then(|s| {
+        unknown_keys(&mut errors, "listener.sasl", &s.unknown);
+        let mechanisms = s
+            .mechanisms
+            .clone()
+            .unwrap_or_else(|| vec![crate::sasl::SCRAM_SHA_512.to_string()]);
+        if mechanisms.is_empty() {
+            errors.push("[listener.sasl] mechanisms: at least one is required".into());
+        }
+        for m in &mechanisms {
+            if ![crate::sasl::PLAIN, crate::sasl::SCRAM_SHA_256, crate::sasl::SCRAM_SHA_512]
+                .contains(&m.as_str())
+            {
+                errors.push(format!(
+                    "[listener.sasl] mechanisms: `{m}` is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+                ));
+            }
+        }
+        let Some(file) = &s.users_file else {
+            errors.push("[listener.sasl] users_file: required".into());
+            return None;
+        };
+        let users_file = resolve(file);
+        if let Err(e) = crate::sasl::Credentials::load(&users_file) {
+            errors.push(format!("[listener.sasl] users_file: {e}"));
+        }
+        if mechanisms.iter().any(|m| m == crate::sasl::PLAIN) && tls.is_none() {
+            errors.push(
+                "[listener.sasl]: PLAIN sends passwords in the clear; it needs [listener.tls]"
+                    .into(),
+            );
+        }
+        Some(ListenerSasl {
+            mechanisms,
+            users_file,
+        })
+    });
     let listener = ListenerConfig {
         bind,
         advertised_host,
@@ -441,6 +486,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         broker_port_base: broker_port_base.min(u16::MAX as u32) as u16,
         sni_pattern: l.sni_pattern.clone(),
         tls,
+        sasl,
     };
 
     // [admin]

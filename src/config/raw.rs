@@ -51,6 +51,15 @@ pub struct RawListener {
     pub broker_port_base: Option<u32>,
     pub sni_pattern: Option<String>,
     pub tls: Option<RawListenerTls>,
+    pub sasl: Option<RawListenerSasl>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawListenerSasl {
+    pub mechanisms: Option<Vec<String>>,
+    pub users_file: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{self, FrameError, RequestFrame};
 use crate::handlers::routing::{self, RouteError, Session};
+use crate::handlers::sasl::SaslState;
 use crate::handlers::{self, api_versions, Action, Forwarded, VirtualMap};
 use crate::metrics;
 use crate::proxy::Proxy;
@@ -49,6 +50,8 @@ pub enum ConnectionError {
     Frame(#[from] FrameError),
     #[error("client used {api:?} v{version}, which is not advertised")]
     Unsupported { api: ApiKey, version: i16 },
+    #[error("client sent {0:?} before authenticating")]
+    Unauthenticated(ApiKey),
     #[error("client request could not be decoded: {0}")]
     Decode(#[from] codec::DecodeError),
     #[error("response could not be rewritten: {0}")]
@@ -73,6 +76,7 @@ impl ConnectionError {
         match self {
             ConnectionError::Frame(_)
             | ConnectionError::Unsupported { .. }
+            | ConnectionError::Unauthenticated(_)
             | ConnectionError::Decode(_)
             | ConnectionError::ClientIo(_) => "downstream",
             ConnectionError::Rewrite(_) => "proxy",
@@ -279,11 +283,20 @@ where
                     "ok",
                     started.elapsed().as_secs_f64(),
                 ),
-                Action::Respond(out) => permit.send(Pending::Local {
-                    frame: out,
-                    api: handlers::api_name(frame.api),
-                    started,
-                }),
+                Action::Respond(out) => {
+                    permit.send(Pending::Local {
+                        frame: out,
+                        api: handlers::api_name(frame.api),
+                        started,
+                    });
+                    if let SaslState::Failed(reason) = &session.sasl {
+                        // The refusal is the last answer: let the pump send it,
+                        // then close.
+                        metrics::rejected_frame("sasl_authentication");
+                        tracing::warn!(peer = %session.peer_ip, reason = %reason, "SASL authentication failed; connection closed");
+                        return Ok(());
+                    }
+                }
                 Action::Forward {
                     frame: out,
                     response,
@@ -369,8 +382,30 @@ async fn decide(
 ) -> Result<Action, ConnectionError> {
     let map = &link.map;
     let table = proxy.api_table();
+    let sasl = proxy.sasl();
     if frame.api == ApiKey::ApiVersions {
+        if sasl.is_some() {
+            let mut with_sasl = (**table).clone();
+            for (api, min, max) in handlers::sasl::ADVERTISED {
+                with_sasl.insert(*api as i16, (*min, *max));
+            }
+            return Ok(Action::Respond(api_versions::respond(frame, &with_sasl)?));
+        }
         return Ok(Action::Respond(api_versions::respond(frame, &table)?));
+    }
+    if let Some(server) = &sasl {
+        match (&session.sasl, frame.api) {
+            (_, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) => {
+                return Ok(Action::Respond(handlers::sasl::handle(
+                    server, session, frame,
+                )?));
+            }
+            (SaslState::Authenticated, _) => {}
+            _ => {
+                metrics::rejected_frame("unauthenticated");
+                return Err(ConnectionError::Unauthenticated(frame.api));
+            }
+        }
     }
     if !api_versions::allowed(&table, frame.api, frame.version()) {
         metrics::rejected_frame("unsupported_version");

@@ -14,6 +14,7 @@ pub mod groups;
 pub mod metadata;
 pub mod offsets;
 pub mod routing;
+pub mod sasl;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;

@@ -75,6 +75,8 @@ pub struct Session {
     pub principal: Option<String>,
     pub role: Role,
     key: Option<IdentityKey>,
+    /// SASL progress, when the listener requires SASL.
+    pub sasl: super::sasl::SaslState,
 }
 
 impl Session {
@@ -84,7 +86,15 @@ impl Session {
             principal,
             role: Role::Unknown,
             key: None,
+            sasl: super::sasl::SaslState::Start,
         }
+    }
+
+    /// The client logged in as `user`: that is its principal from now on.
+    pub fn authenticated(&mut self, user: String) {
+        self.principal = Some(user);
+        self.key = None;
+        self.sasl = super::sasl::SaslState::Authenticated;
     }
 
     /// The identity key for this request's client id (client ids do not change on a

@@ -45,6 +45,8 @@ pub enum UpstreamError {
     NoBroker(String),
     #[error("TLS with {addr}: {reason}")]
     Tls { addr: String, reason: String },
+    #[error("SASL login to {addr}: {reason}")]
+    Auth { addr: String, reason: String },
 }
 
 impl UpstreamError {
@@ -56,6 +58,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::NoBroker(_) => "no_broker",
             UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Auth { .. } => "auth",
         }
     }
 }
@@ -197,11 +200,11 @@ impl ClusterView {
     }
 
     /// Opens a connection to one of this cluster's brokers: TCP, then TLS when the
-    /// cluster is configured with it.
+    /// cluster is configured with it, then the SASL login when it has credentials.
     pub async fn open(&self, addr: &str, timeout: Duration) -> Result<Stream, UpstreamError> {
         let tcp = connect(addr, timeout).await?;
-        match &self.tls {
-            None => Ok(Stream::Plain(tcp)),
+        let mut stream = match &self.tls {
+            None => Stream::Plain(tcp),
             Some(config) => {
                 let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -210,9 +213,13 @@ impl ClusterView {
                     .map_err(|e| UpstreamError::Tls {
                         addr: addr.to_string(),
                         reason: e.to_string(),
-                    })
+                    })?
             }
+        };
+        if let Some(sasl) = &self.config.sasl {
+            login(&mut stream, addr, sasl, timeout).await?;
         }
+        Ok(stream)
     }
 
     pub fn name(&self) -> &str {
@@ -444,6 +451,84 @@ impl ClusterView {
         self.api_ranges.store(Arc::new(Some(merged_ranges)));
         Ok(())
     }
+}
+
+/// Logs in to a broker with the cluster's SASL settings (SaslHandshake v1, then
+/// SaslAuthenticate v1). The password is read now, so a rotated secret is used by
+/// the next connection.
+async fn login(
+    stream: &mut Stream,
+    addr: &str,
+    sasl: &crate::config::UpstreamSasl,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    use kafka_protocol::messages::{
+        SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+        SaslHandshakeResponse,
+    };
+    let fail = |reason: String| UpstreamError::Auth {
+        addr: addr.to_string(),
+        reason,
+    };
+    let password = match (&sasl.password_env, &sasl.password_file) {
+        (Some(var), _) => std::env::var(var)
+            .map_err(|_| fail(format!("environment variable {var} is not set")))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        (None, None) => return Err(fail("no password source".into())),
+    };
+    let hs: SaslHandshakeResponse = round_trip(
+        stream,
+        addr,
+        ApiKey::SaslHandshake,
+        1,
+        &SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_string(sasl.mechanism.clone())),
+        timeout,
+    )
+    .await?;
+    if hs.error_code != 0 {
+        return Err(fail(format!(
+            "broker does not offer {} (error {}; offers {:?})",
+            sasl.mechanism, hs.error_code, hs.mechanisms
+        )));
+    }
+    async fn authenticate(
+        stream: &mut Stream,
+        addr: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<SaslAuthenticateResponse, UpstreamError> {
+        let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes));
+        round_trip(stream, addr, ApiKey::SaslAuthenticate, 1, &req, timeout).await
+    }
+    let check = |r: &SaslAuthenticateResponse| {
+        if r.error_code != 0 {
+            Err(fail(format!(
+                "error {}: {}",
+                r.error_code,
+                r.error_message.as_deref().unwrap_or("")
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    if sasl.mechanism == crate::sasl::PLAIN {
+        let msg = format!("\0{}\0{password}", sasl.username).into_bytes();
+        let r = authenticate(stream, addr, msg, timeout).await?;
+        return check(&r);
+    }
+    let (mut scram, first) =
+        crate::sasl::ScramClient::new(&sasl.mechanism, &sasl.username, &password)
+            .ok_or_else(|| fail(format!("unsupported mechanism {}", sasl.mechanism)))?;
+    let r = authenticate(stream, addr, first, timeout).await?;
+    check(&r)?;
+    let fin = scram.respond(&r.auth_bytes).map_err(fail)?;
+    let r = authenticate(stream, addr, fin, timeout).await?;
+    check(&r)?;
+    scram.verify(&r.auth_bytes).map_err(fail)
 }
 
 /// Per-API intersection of two range maps; APIs missing from either side are dropped.
