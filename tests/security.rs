@@ -1,6 +1,8 @@
-//! TLS termination and TLS to the cluster: Java and librdkafka clients over TLS and
-//! mTLS through Switchyard to a Kafka 3.9 cluster that accepts only TLS, and clients
-//! with bad certificates or no TLS at all refused cleanly beside a working one.
+//! TLS and SASL on both sides of the proxy: Java and librdkafka clients over TLS,
+//! mTLS and SASL_SSL (SCRAM-SHA-512) through Switchyard to a Kafka 3.9 cluster that
+//! accepts only TLS and a Kafka 2.4.1 cluster that accepts only SASL/SCRAM; clients
+//! with bad certificates, bad passwords or no TLS at all are refused cleanly beside
+//! working ones.
 
 #[macro_use]
 mod harness;
@@ -28,4 +30,16 @@ fn mtls_clients_carry_their_certificate_principal() {
 fn bad_certificates_and_plaintext_are_refused_beside_a_working_client() {
     let _serial = harness::serial();
     security::bad_clients_are_refused(env());
+}
+
+#[test]
+fn sasl_ssl_scram_to_a_scram_cluster_and_a_tls_cluster() {
+    let _serial = harness::serial();
+    security::sasl_scram_round_trip(env());
+}
+
+#[test]
+fn wrong_passwords_and_unknown_users_fail_cleanly() {
+    let _serial = harness::serial();
+    security::sasl_failures(env());
 }

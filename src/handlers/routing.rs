@@ -228,7 +228,12 @@ impl Ctx<'_> {
         match role {
             Role::Writer => routes.produce_cluster(topic).to_string(),
             Role::Reader => Self::read_cluster(routes, groups, topic).to_string(),
-            Role::Unknown if reads || !groups.is_empty() => {
+            // A connection that has not shown a role: an identity that has only ever
+            // read gets the read view, any other (a writer, or one that does both,
+            // e.g. SASL users shared by producers and consumers) the write view; a
+            // consumer shown the wrong one is steered on its first fetch and reads
+            // its next metadata on a connection that has a role.
+            Role::Unknown if reads => {
                 Self::read_cluster(routes, groups, topic).to_string()
             }
             Role::Unknown => routes.produce_cluster(topic).to_string(),

@@ -175,6 +175,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// The CA of an SSL-only cluster (`start_tls`); None for plaintext.
     pub tls_ca: Option<PathBuf>,
+    /// (user, password file) of a SASL/SCRAM-SHA-512 cluster (`start_scram`).
+    pub scram: Option<(String, PathBuf)>,
     classpath: String,
     brokers: Mutex<Vec<Broker>>,
     zookeeper: Mutex<Option<Child>>,
@@ -218,8 +220,29 @@ impl Cluster {
         Self::start_with(KafkaVersion::V3, n, name, Some(certs))
     }
 
+    /// A Kafka 2.4.1 cluster whose brokers accept only SASL_PLAINTEXT with
+    /// SCRAM-SHA-512; `user`/`password` is the only account (also used between
+    /// brokers).
+    pub fn start_scram(n: usize, name: &str, user: &str, password: &str) -> Cluster {
+        Self::start_inner(KafkaVersion::V2_4, n, name, None, Some((user, password)))
+    }
+
     /// Java client properties for talking to this cluster directly.
     pub fn client_props(&self) -> Vec<String> {
+        if let Some((user, file)) = &self.scram {
+            let password = std::fs::read_to_string(file).unwrap();
+            return [
+                "security.protocol=SASL_PLAINTEXT".to_string(),
+                "sasl.mechanism=SCRAM-SHA-512".to_string(),
+                format!(
+                    "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{}\";",
+                    password.trim()
+                ),
+            ]
+            .into_iter()
+            .flat_map(|p| ["--prop".to_string(), p])
+            .collect();
+        }
         match &self.tls_ca {
             None => Vec::new(),
             Some(ca) => [
@@ -234,6 +257,20 @@ impl Cluster {
     }
 
     fn start_with(version: KafkaVersion, n: usize, name: &str, tls: Option<&Path>) -> Cluster {
+        Self::start_inner(version, n, name, tls, None)
+    }
+
+    fn start_inner(
+        version: KafkaVersion,
+        n: usize,
+        name: &str,
+        tls: Option<&Path>,
+        scram: Option<(&str, &str)>,
+    ) -> Cluster {
+        assert!(
+            scram.is_none() || version == KafkaVersion::V2_4,
+            "SCRAM brokers are 2.4 only"
+        );
         assert!(
             tls.is_none() || version == KafkaVersion::V3,
             "TLS brokers are 3.x only"
@@ -279,15 +316,48 @@ impl Cluster {
                 ]);
                 zookeeper = Some(spawn_guarded("java", &args, &dir.join("zk.log"), &[]));
                 wait_port(zk_port, Duration::from_secs(60), "zookeeper");
+                let (proto, sasl) = match scram {
+                    None => ("PLAINTEXT", String::new()),
+                    Some((user, password)) => {
+                        // SCRAM credentials live in ZooKeeper before any broker starts.
+                        run_ok(
+                            Command::new("java").args([
+                                "-cp",
+                                &classpath,
+                                &format!("-Dlog4j.configuration=file:{}", log4j.display()),
+                                "kafka.admin.ConfigCommand",
+                                "--zookeeper",
+                                &format!("127.0.0.1:{zk_port}"),
+                                "--alter",
+                                "--add-config",
+                                &format!("SCRAM-SHA-512=[iterations=4096,password={password}]"),
+                                "--entity-type",
+                                "users",
+                                "--entity-name",
+                                user,
+                            ]),
+                            "ConfigCommand add SCRAM user",
+                        );
+                        (
+                            "SASL_PLAINTEXT",
+                            format!(
+                                "security.inter.broker.protocol=SASL_PLAINTEXT\n\
+                                 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512\n\
+                                 sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                                 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\n"
+                            ),
+                        )
+                    }
+                };
                 ports
                     .iter()
                     .enumerate()
                     .map(|(i, port)| {
                         format!(
                             "broker.id={}\n\
-                             listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                             listeners={proto}://127.0.0.1:{port}\n\
                              zookeeper.connect=127.0.0.1:{zk_port}\n\
-                             zookeeper.connection.timeout.ms=30000\n",
+                             zookeeper.connection.timeout.ms=30000\n{sasl}",
                             i + 1
                         )
                     })
@@ -392,6 +462,11 @@ impl Cluster {
         let cluster = Cluster {
             version,
             tls_ca: tls.map(|c| c.join("ca.crt")),
+            scram: scram.map(|(user, password)| {
+                let file = dir.join("scram-password");
+                std::fs::write(&file, password).unwrap();
+                (user.to_string(), file)
+            }),
             dir,
             classpath,
             brokers: Mutex::new(brokers),
@@ -475,7 +550,15 @@ impl Cluster {
                         cert: None,
                         key: None,
                     }),
-                sasl: None,
+                sasl: self
+                    .scram
+                    .as_ref()
+                    .map(|(user, file)| switchyard::config::UpstreamSasl {
+                        mechanism: "SCRAM-SHA-512".into(),
+                        username: user.clone(),
+                        password_env: None,
+                        password_file: Some(file.clone()),
+                    }),
             })
             .unwrap();
             let ok = rt.block_on(view.refresh(Duration::from_secs(3))).is_ok();

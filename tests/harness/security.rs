@@ -15,6 +15,12 @@ use super::{java_driver, rdk, repo, run_ok, scratch, Cluster, Proxy};
 pub struct TlsEnv {
     pub certs: PathBuf,
     pub cluster: Cluster,
+    /// Kafka 2.4.1 that accepts only SASL/SCRAM-SHA-512.
+    pub scram_cluster: Cluster,
+    /// TLS + SASL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) listener in front of the
+    /// SCRAM cluster (default) and the TLS cluster (topic `sasl-tgt`, group
+    /// `sasl-tgt-*`).
+    pub sasl: Proxy,
     /// TLS listener, no client certificates.
     pub tls: Proxy,
     /// TLS listener that requires client certificates (mTLS).
@@ -76,9 +82,54 @@ impl TlsEnv {
             &proxy_toml(&certs, &cluster, true),
             &ids,
         );
+        let scram_cluster =
+            Cluster::start_scram(1, &format!("{name}-scram-kafka"), "admin", "admin-secret");
+        let users = certs.join("users.toml");
+        let mut creds = switchyard::sasl::Credentials::default();
+        let mut alice = std::collections::BTreeMap::new();
+        for (m, h) in [
+            ("SCRAM-SHA-512", switchyard::sasl::Hash::Sha512),
+            ("SCRAM-SHA-256", switchyard::sasl::Hash::Sha256),
+        ] {
+            alice.insert(
+                m.to_string(),
+                switchyard::sasl::ScramEntry::new(h, "alice-secret", 4096),
+            );
+        }
+        creds.users.insert("alice".into(), alice);
+        std::fs::write(&users, toml::to_string(&creds).unwrap()).unwrap();
+        let list = |c: &Cluster| {
+            c.bootstrap_list()
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (_, password_file) = scram_cluster.scram.clone().unwrap();
+        let sasl_toml = format!(
+            "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+             [listener.sasl]\nmechanisms = [\"SCRAM-SHA-512\", \"SCRAM-SHA-256\", \"PLAIN\"]\nusers_file = \"{}\"\n\n\
+             [clusters.source]\nbootstrap = [{}]\nsasl = {{ mechanism = \"SCRAM-SHA-512\", username = \"admin\", password_file = \"{}\" }}\n\n\
+             [clusters.target]\nbootstrap = [{}]\nnode_id_offset = 1000\ntls = {{ ca = \"{}\" }}\n\n\
+             [routes]\ndefault_cluster = \"source\"\n\n\
+             [routes.topics.\"sasl-tgt\"]\nproduce = \"target\"\nconsume = \"target\"\n\n\
+             [routes.groups.\"^sasl-tgt-.*\"]\ncluster = \"target\"\n",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display(),
+            users.display(),
+            list(&scram_cluster),
+            password_file.display(),
+            list(&cluster),
+            certs.join("ca.crt").display(),
+        );
+        let mut sasl_ids = scram_cluster.broker_ids();
+        sasl_ids.extend(cluster.broker_ids().iter().map(|i| i + 1000));
+        let sasl = Proxy::start(&format!("{name}-sasl-proxy"), &sasl_toml, &sasl_ids);
         TlsEnv {
             certs,
             cluster,
+            scram_cluster,
+            sasl,
             tls,
             mtls,
         }
@@ -144,11 +195,15 @@ fn java(args: Vec<String>) -> Value {
 }
 
 fn create_topic(env: &TlsEnv, topic: &str) {
+    create_topic_on(&env.cluster, topic);
+}
+
+fn create_topic_on(cluster: &Cluster, topic: &str) {
     let v = java(with(
         &[
             "create-topic",
             "--bootstrap",
-            &env.cluster.bootstrap(),
+            &cluster.bootstrap(),
             "--topic",
             topic,
             "--partitions",
@@ -156,7 +211,7 @@ fn create_topic(env: &TlsEnv, topic: &str) {
             "--replication",
             "1",
         ],
-        &env.cluster.client_props(),
+        &cluster.client_props(),
     ));
     assert_eq!(v["ok"], Value::Bool(true), "create {topic}: {v}");
 }
@@ -366,5 +421,192 @@ fn raw_tls_with_cert(env: &TlsEnv, who: &str) -> String {
         (Ok(()), Ok(0)) => "closed".into(),
         (Ok(()), Ok(n)) => panic!("the proxy answered an untrusted client ({n} bytes)"),
         (Ok(()), Err(e)) => format!("read failed: {e}"),
+    }
+}
+
+fn sasl_java_props(env: &TlsEnv, mechanism: &str, user: &str, password: &str) -> Vec<String> {
+    let module = if mechanism == "PLAIN" {
+        "org.apache.kafka.common.security.plain.PlainLoginModule"
+    } else {
+        "org.apache.kafka.common.security.scram.ScramLoginModule"
+    };
+    [
+        "security.protocol=SASL_SSL".to_string(),
+        format!("sasl.mechanism={mechanism}"),
+        format!("sasl.jaas.config={module} required username=\"{user}\" password=\"{password}\";"),
+        "ssl.truststore.type=PEM".to_string(),
+        format!(
+            "ssl.truststore.location={}",
+            env.certs.join("ca.crt").display()
+        ),
+    ]
+    .into_iter()
+    .flat_map(|p| ["--prop".to_string(), p])
+    .collect()
+}
+
+fn sasl_rdk_props(
+    env: &TlsEnv,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("security.protocol", "sasl_ssl".to_string()),
+        ("sasl.mechanisms", mechanism.to_string()),
+        ("sasl.username", user.to_string()),
+        ("sasl.password", password.to_string()),
+        (
+            "ssl.ca.location",
+            env.certs.join("ca.crt").display().to_string(),
+        ),
+    ]
+}
+
+/// SASL_SSL with SCRAM-SHA-512 through the proxy: Java and librdkafka produce and
+/// consume a topic on the SCRAM-only 2.4.1 cluster and one on the TLS-only 3.9
+/// cluster; the proxy logs in to each with that cluster's own settings.
+pub fn sasl_scram_round_trip(env: &TlsEnv) {
+    const N: u64 = 5_000;
+    create_topic_on(&env.scram_cluster, "sasl-src");
+    create_topic_on(&env.cluster, "sasl-tgt");
+    let jprops = sasl_java_props(env, "SCRAM-SHA-512", "alice", "alice-secret");
+    let owned = sasl_rdk_props(env, "SCRAM-SHA-512", "alice", "alice-secret");
+    let rprops: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for topic in ["sasl-src", "sasl-tgt"] {
+        let p = java(with(
+            &[
+                "produce",
+                "--bootstrap",
+                &env.sasl.bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                &N.to_string(),
+                "--keys",
+                "10",
+                "--key-prefix",
+                "java",
+            ],
+            &jprops,
+        ));
+        super::assert_produced(&p, N);
+        let r = rdk::produce_opts(&env.sasl.bootstrap, &[topic], N, 10, "rdk", 0.0, &rprops);
+        super::assert_produced(&r, N);
+        let c = java(with(
+            &[
+                "consume",
+                "--bootstrap",
+                &env.sasl.bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                &format!("{topic}-java"),
+                "--members",
+                "1",
+                "--expect",
+                &(2 * N).to_string(),
+                "--timeout-s",
+                "90",
+            ],
+            &jprops,
+        ));
+        super::assert_consumed(&c, 2 * N, 0);
+        let seen = Arc::new(rdk::Seen::default());
+        let r = rdk::consume_opts(
+            &env.sasl.bootstrap,
+            topic,
+            &format!("{topic}-rdk"),
+            1,
+            2 * N,
+            None,
+            &seen,
+            Duration::from_secs(90),
+            &rprops,
+        );
+        super::assert_consumed(&r, 2 * N, 0);
+    }
+    assert!(
+        env.sasl
+            .log_text()
+            .contains("SASL authentication succeeded user=alice"),
+        "the SASL user is logged as the principal"
+    );
+}
+
+/// A wrong password and an unknown user fail with an authentication error and a
+/// logged reason, beside a client that keeps working.
+pub fn sasl_failures(env: &TlsEnv) {
+    let topic = "sasl-src";
+    let good = {
+        let args = with(
+            &[
+                "produce",
+                "--bootstrap",
+                &env.sasl.bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                "4000",
+                "--keys",
+                "10",
+                "--key-prefix",
+                "beside",
+                "--rate",
+                "400",
+            ],
+            &sasl_java_props(env, "SCRAM-SHA-512", "alice", "alice-secret"),
+        );
+        std::thread::spawn(move || java(args))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    for (mechanism, user, password) in [
+        ("SCRAM-SHA-512", "alice", "wrong"),
+        ("SCRAM-SHA-512", "mallory", "whatever"),
+        ("PLAIN", "alice", "wrong"),
+    ] {
+        let p = java(with(
+            &[
+                "produce",
+                "--bootstrap",
+                &env.sasl.bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                "1",
+                "--keys",
+                "1",
+                "--key-prefix",
+                "bad",
+                "--timeout-s",
+                "20",
+            ],
+            &sasl_java_props(env, mechanism, user, password),
+        ));
+        assert_eq!(p["acked"].as_u64(), Some(0), "{mechanism} {user}: {p}");
+        let err = p.to_string();
+        assert!(
+            err.contains("Authentication failed") || err.contains("authentication failed"),
+            "a clean authentication error for {mechanism} {user}: {p}"
+        );
+        let owned = sasl_rdk_props(env, mechanism, user, password);
+        let mut rprops: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        rprops.push(("message.timeout.ms", "6000"));
+        let r = rdk::produce_opts(&env.sasl.bootstrap, &[topic], 1, 1, "bad", 0.0, &rprops);
+        assert_eq!(
+            r["acked"].as_u64(),
+            Some(0),
+            "librdkafka {mechanism} {user}: {r}"
+        );
+    }
+    let g = good.join().unwrap();
+    super::assert_produced(&g, 4000);
+    let log = env.sasl.log_text();
+    for who in ["user `alice`", "user `mallory`"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("SASL authentication failed") && l.contains(who)),
+            "a logged failure for {who}"
+        );
     }
 }
