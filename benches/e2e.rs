@@ -1,6 +1,6 @@
 //! End-to-end comparison: the same load with librdkafka, direct to Apache Kafka 3.9
 //! and through Switchyard, in the same run, printed as ratios (proxy / direct).
-//! Run with `cargo bench --bench e2e`.
+//! Run with `cargo bench --bench e2e` (`SWITCHYARD_BENCH=tls` runs only part 3).
 //!
 //! 1. One broker, replication 1: produce RECORDS records of VALUE_BYTES as fast as
 //!    possible (idempotent, acks=all, linger 5 ms), consume them with a fresh group,
@@ -8,6 +8,10 @@
 //!    client and the proxy compete with the broker for CPU.
 //! 2. Three brokers, replication 3, acks=all: produce throughput only, with the
 //!    brokers as the bottleneck.
+//! 3. TLS: one broker again, three arms: direct (plaintext), through the proxy in
+//!    plaintext, and through a proxy that terminates TLS (the client speaks TLS to
+//!    the proxy, the proxy plaintext to the broker). Reported as TLS-proxy / direct
+//!    and TLS-proxy / plaintext-proxy.
 //!
 //! Each part runs a warm-up round (not counted) and ROUNDS measured rounds; the two
 //! arms of a round run back to back in alternating order, each round gives one
@@ -35,6 +39,17 @@ const LATENCY_SECS: u64 = 5;
 /// Measured rounds; a first, unreported round warms the broker's JIT and page cache.
 const ROUNDS: usize = 5;
 
+/// librdkafka properties every client of the current arm gets (TLS settings for
+/// the TLS arm); set before each arm runs.
+static CLIENT_EXTRA: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn with_extra(mut cfg: ClientConfig) -> ClientConfig {
+    for (k, v) in CLIENT_EXTRA.lock().unwrap().iter() {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
 struct LatencyCtx(Arc<Mutex<Vec<Duration>>>);
 impl ClientContext for LatencyCtx {}
 impl ProducerContext for LatencyCtx {
@@ -47,12 +62,13 @@ impl ProducerContext for LatencyCtx {
 }
 
 fn producer(bootstrap: &str, samples: Arc<Mutex<Vec<Duration>>>) -> BaseProducer<LatencyCtx> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.messages", "1000000");
+    with_extra(cfg)
         .create_with_context(LatencyCtx(samples))
         .expect("producer")
 }
@@ -113,13 +129,12 @@ fn produce_latency(bootstrap: &str, topic: &str) -> (Duration, Duration) {
 
 /// Consumes `count` records from the beginning with a fresh group; records/s.
 fn consume_throughput(bootstrap: &str, topic: &str, group: &str, count: u64) -> f64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    let c: BaseConsumer = with_extra(cfg).create().expect("consumer");
     c.subscribe(&[topic]).unwrap();
     let mut n = 0;
     let mut started = None;
@@ -177,6 +192,22 @@ impl Ratios {
     }
 }
 
+/// One arm of a one-broker round: produce throughput, consume throughput, and
+/// ack latency p50 and p99 (seconds), printed as it goes.
+fn one_broker_arm(env: &Env, topic: &str, bootstrap: &str, name: &str, round: usize) -> [f64; 4] {
+    create_topic(&env.cluster, topic, 1);
+    let tput = produce_throughput(bootstrap, topic, RECORDS);
+    let ctput = consume_throughput(bootstrap, topic, &format!("g-{topic}"), RECORDS);
+    let lat_topic = format!("{topic}-lat");
+    create_topic(&env.cluster, &lat_topic, 1);
+    let (l50, l99) = produce_latency(bootstrap, &lat_topic);
+    println!(
+        "round {round}{} {name:>6}: produce {tput:>9.0} rec/s  consume {ctput:>9.0} rec/s  ack latency p50 {l50:>8.2?} p99 {l99:>8.2?}",
+        if round == 0 { " (warm-up)" } else { "" }
+    );
+    [tput, ctput, l50.as_secs_f64(), l99.as_secs_f64()]
+}
+
 /// Both arms of one round, in an order that alternates between rounds so neither
 /// arm always runs on a warmer broker.
 fn arms(round: usize, env: &Env) -> [(&'static str, String); 2] {
@@ -205,6 +236,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // SWITCHYARD_BENCH=tls runs only part 3.
+    if std::env::var("SWITCHYARD_BENCH").as_deref() == Ok("tls") {
+        tls_arms();
+        return;
+    }
 
     // 1. One broker, replication 1: the client and the proxy can be the bottleneck.
     let env = start(1, "bench1");
@@ -217,18 +253,14 @@ fn main() {
     for round in 0..=ROUNDS {
         let mut results = std::collections::BTreeMap::new();
         for (name, bootstrap) in arms(round, &env) {
-            let topic = format!("bench-{name}-{round}");
-            create_topic(&env.cluster, &topic, 1);
-            let tput = produce_throughput(&bootstrap, &topic, RECORDS);
-            let ctput = consume_throughput(&bootstrap, &topic, &format!("g-{topic}"), RECORDS);
-            let lat_topic = format!("{topic}-lat");
-            create_topic(&env.cluster, &lat_topic, 1);
-            let (l50, l99) = produce_latency(&bootstrap, &lat_topic);
-            println!(
-                "round {round}{} {name:>6}: produce {tput:>9.0} rec/s  consume {ctput:>9.0} rec/s  ack latency p50 {l50:>8.2?} p99 {l99:>8.2?}",
-                if round == 0 { " (warm-up)" } else { "" }
+            let [tput, ctput, l50, l99] = one_broker_arm(
+                &env,
+                &format!("bench-{name}-{round}"),
+                &bootstrap,
+                name,
+                round,
             );
-            results.insert(name, (tput, ctput, l50.as_secs_f64(), l99.as_secs_f64()));
+            results.insert(name, (tput, ctput, l50, l99));
         }
         if round == 0 {
             continue;
@@ -268,4 +300,68 @@ fn main() {
     }
     println!("\n3 brokers, RF 3, acks=all, {RECORDS} records of {VALUE_BYTES} B; proxy / direct:");
     produce.report("produce throughput");
+    drop(env);
+
+    tls_arms();
+}
+
+/// Part 3: the cost of TLS termination.
+fn tls_arms() {
+    let certs = harness::security::make_certs("bench-certs");
+    let env = start(1, "bench-tls");
+    let tls_proxy = harness::Proxy::start(
+        "bench-tls-proxy",
+        &format!(
+            "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display(),
+            harness::scenarios::clusters_toml(&env.cluster)
+        ),
+        &env.cluster.broker_ids(),
+    );
+    let tls_extra = vec![
+        ("security.protocol".to_string(), "ssl".to_string()),
+        (
+            "ssl.ca.location".to_string(),
+            certs.join("ca.crt").display().to_string(),
+        ),
+    ];
+    let metrics = [
+        "produce throughput",
+        "consume throughput",
+        "ack latency p50",
+        "ack latency p99",
+    ];
+    let mut vs_direct: Vec<Ratios> = metrics.iter().map(|_| Ratios::default()).collect();
+    let mut vs_proxy: Vec<Ratios> = metrics.iter().map(|_| Ratios::default()).collect();
+    for round in 0..=ROUNDS {
+        let mut arms = vec![
+            ("direct", env.cluster.bootstrap(), Vec::new()),
+            ("proxy", env.proxy.bootstrap.clone(), Vec::new()),
+            ("tls", tls_proxy.bootstrap.clone(), tls_extra.clone()),
+        ];
+        arms.rotate_left(round % 3);
+        let mut results = std::collections::BTreeMap::new();
+        for (name, bootstrap, extra) in arms {
+            *CLIENT_EXTRA.lock().unwrap() = extra;
+            let topic = format!("bench-tls-{name}-{round}");
+            results.insert(name, one_broker_arm(&env, &topic, &bootstrap, name, round));
+        }
+        CLIENT_EXTRA.lock().unwrap().clear();
+        if round == 0 {
+            continue;
+        }
+        for i in 0..metrics.len() {
+            vs_direct[i].push(results["tls"][i], results["direct"][i]);
+            vs_proxy[i].push(results["tls"][i], results["proxy"][i]);
+        }
+    }
+    println!("\n1 broker, TLS client -> proxy -> plaintext broker; TLS proxy / direct plaintext:");
+    for (i, m) in metrics.iter().enumerate() {
+        vs_direct[i].report(m);
+    }
+    println!("TLS proxy / plaintext proxy:");
+    for (i, m) in metrics.iter().enumerate() {
+        vs_proxy[i].report(m);
+    }
 }

@@ -233,9 +233,7 @@ impl Ctx<'_> {
             // e.g. SASL users shared by producers and consumers) the write view; a
             // consumer shown the wrong one is steered on its first fetch and reads
             // its next metadata on a connection that has a role.
-            Role::Unknown if reads => {
-                Self::read_cluster(routes, groups, topic).to_string()
-            }
+            Role::Unknown if reads => Self::read_cluster(routes, groups, topic).to_string(),
             Role::Unknown => routes.produce_cluster(topic).to_string(),
         }
     }
