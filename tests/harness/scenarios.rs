@@ -470,7 +470,22 @@ pub fn graceful_shutdown(env: &Env) {
             "15",
         ])
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Terminate once the producer is writing through the proxy (a fixed sleep was
+    // not always long enough for the client to start on a loaded machine), then a
+    // little later so requests are in flight.
+    let writing = Instant::now() + Duration::from_secs(60);
+    while !proxy
+        .metrics()
+        .lines()
+        .any(|l| l.starts_with("switchyard_requests_total{api=\"Produce\""))
+    {
+        assert!(
+            Instant::now() < writing,
+            "the producer never reached the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     let code = proxy.terminate(Duration::from_secs(60));
     assert_eq!(code, Some(0), "proxy exit status after SIGTERM");
