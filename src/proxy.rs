@@ -113,10 +113,6 @@ impl Proxy {
         self.clusters.keys().position(|n| n == name).unwrap_or(0)
     }
 
-    pub fn cluster_by_index(&self, index: usize) -> Option<&Arc<ClusterView>> {
-        self.clusters.values().nth(index)
-    }
-
     /// The TLS acceptor for new client connections, if the listener uses TLS.
     pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         (**self.tls.load()).clone()

@@ -179,6 +179,33 @@ impl Plan {
         self.refused.is_empty() && self.renames.is_empty() && self.not_here.is_none()
     }
 
+    /// One topic of a request: refused (every partition answered with a retriable
+    /// error) when `elsewhere`, else renamed to its physical name on `here`.
+    /// Returns whether the topic stays in the request.
+    fn route_topic(
+        &mut self,
+        routes: &RouteTable,
+        here: &str,
+        name: &mut TopicName,
+        partitions: impl Iterator<Item = i32>,
+        elsewhere: bool,
+    ) -> bool {
+        if elsewhere {
+            self.refused.push(Refused {
+                topic: name.clone(),
+                partitions: partitions.collect(),
+            });
+            return false;
+        }
+        let physical = routes.physical_topic(name, here);
+        if physical != name.as_str() {
+            let physical = topic_name(&physical);
+            self.renames.insert(physical.clone(), name.clone());
+            *name = physical;
+        }
+        true
+    }
+
     fn logical(&self, name: &TopicName) -> TopicName {
         self.renames
             .get(name)
@@ -199,16 +226,6 @@ impl Ctx<'_> {
     fn identity(&mut self, frame: &RequestFrame) -> IdentityKey {
         let client_id = frame.header.client_id.as_ref().map(|s| s.as_str());
         self.session.key(client_id).clone()
-    }
-
-    /// The groups this connection's identity is linked to.
-    fn groups_of(&mut self, frame: &RequestFrame) -> Vec<String> {
-        let key = self.identity(frame);
-        self.proxy
-            .identities
-            .get(&key)
-            .map(|i| i.groups.into_iter().collect())
-            .unwrap_or_default()
     }
 
     /// Cluster that serves reads of `topic` for a client linked to `groups`: their
@@ -427,21 +444,11 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
     let mut plan = Plan::default();
     let mut changed = false;
 
+    let routes = ctx.routes.clone();
     req.topic_data.retain_mut(|t| {
-        if ctx.routes.produce_cluster(&t.name) != here {
-            plan.refused.push(Refused {
-                topic: t.name.clone(),
-                partitions: t.partition_data.iter().map(|p| p.index).collect(),
-            });
-            return false;
-        }
-        let physical = ctx.routes.physical_topic(&t.name, &here);
-        if physical != t.name.as_str() {
-            let physical = topic_name(&physical);
-            plan.renames.insert(physical.clone(), t.name.clone());
-            t.name = physical;
-        }
-        true
+        let elsewhere = routes.produce_cluster(&t.name) != here;
+        let parts = t.partition_data.iter().map(|p| p.index);
+        plan.route_topic(&routes, &here, &mut t.name, parts, elsewhere)
     });
     if !plan.refused.is_empty() || !plan.renames.is_empty() {
         changed = true;
@@ -757,7 +764,12 @@ fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Vec<String> {
     ctx.session.role = Role::Reader;
     let key = ctx.identity(frame);
     ctx.proxy.identities.note_read(&key);
-    let groups = ctx.groups_of(frame);
+    let groups: Vec<String> = ctx
+        .proxy
+        .identities
+        .get(&key)
+        .map(|i| i.groups.into_iter().collect())
+        .unwrap_or_default();
     if groups.is_empty() {
         metrics::unattributed_fetch();
     }
@@ -770,39 +782,37 @@ fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> 
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
+    let routes = ctx.routes.clone();
     req.topics.retain_mut(|t| {
-        if elsewhere.elsewhere(&t.topic) {
-            plan.refused.push(Refused {
-                topic: t.topic.clone(),
-                partitions: t.partitions.iter().map(|p| p.partition).collect(),
-            });
-            return false;
-        }
-        let physical = ctx.routes.physical_topic(&t.topic, &here);
-        if physical != t.topic.as_str() {
-            let physical = topic_name(&physical);
-            plan.renames.insert(physical.clone(), t.topic.clone());
-            t.topic = physical;
-        }
-        true
+        let parts = t.partitions.iter().map(|p| p.partition);
+        let away = elsewhere.elsewhere(&t.topic);
+        plan.route_topic(&routes, &here, &mut t.topic, parts, away)
     });
+    let mut changed = !plan.refused.is_empty() || !plan.renames.is_empty();
     for t in &mut req.forgotten_topics_data {
-        let physical = ctx.routes.physical_topic(&t.topic, &here);
+        let physical = routes.physical_topic(&t.topic, &here);
         if physical != t.topic.as_str() {
             t.topic = topic_name(&physical);
+            changed = true;
         }
     }
     if !plan.refused.is_empty() {
         metrics::steered("Fetch", &here);
     }
-    fetch::rewrite_request(&mut req);
+    changed |= fetch::rewrite_request(&mut req);
     if req.topics.is_empty() && req.forgotten_topics_data.is_empty() && !plan.refused.is_empty() {
         // Nothing left for this broker: answer at once instead of long-polling it.
-        let resp = fetch_errors(&plan, FetchResponse::default());
+        let mut resp = FetchResponse::default();
+        fetch_errors(&plan, &mut resp);
         return respond(frame, &resp);
     }
     plan.not_here = Some(elsewhere);
-    let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
+    // Unchanged requests go upstream as their original bytes.
+    let bytes = if changed {
+        codec::encode_request(frame.api, &frame.header, &req)?
+    } else {
+        frame.bytes.clone()
+    };
     Ok(forward(
         frame,
         bytes,
@@ -820,15 +830,23 @@ fn fetch_error_partition(p: i32) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
-fn fetch_errors(plan: &Plan, mut resp: FetchResponse) -> FetchResponse {
+/// Adds the refused partitions, names topics logically, and turns partitions a
+/// fetch session returns for topics read elsewhere into errors. Returns whether the
+/// response changed.
+fn fetch_errors(plan: &Plan, resp: &mut FetchResponse) -> bool {
+    let mut changed = !plan.refused.is_empty();
     for t in &mut resp.responses {
-        t.topic = plan.logical(&t.topic);
+        if let Some(logical) = plan.renames.get(&t.topic) {
+            t.topic = logical.clone();
+            changed = true;
+        }
         if let Some(elsewhere) = &plan.not_here {
             // A fetch session can still return partitions the route moved away.
             if elsewhere.elsewhere(&t.topic) {
                 for p in &mut t.partitions {
                     *p = fetch_error_partition(p.partition_index);
                 }
+                changed = true;
             }
         }
     }
@@ -844,7 +862,7 @@ fn fetch_errors(plan: &Plan, mut resp: FetchResponse) -> FetchResponse {
                 ),
         );
     }
-    resp
+    changed
 }
 
 pub fn rewrite_fetch_response(
@@ -854,9 +872,12 @@ pub fn rewrite_fetch_response(
     map: &VirtualMap,
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
-        codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame)?;
-    fetch::rewrite_response(&mut resp, map);
-    let resp = fetch_errors(plan, resp);
+        codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame.clone())?;
+    let changed = fetch::rewrite_response(&mut resp, map) | fetch_errors(plan, &mut resp);
+    if !changed {
+        // The record data goes back as the upstream's bytes, uncopied.
+        return Ok(frame);
+    }
     codec::encode_response(ApiKey::Fetch, version, header.correlation_id, &resp)
 }
 
@@ -866,21 +887,11 @@ fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Route
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
+    let routes = ctx.routes.clone();
     req.topics.retain_mut(|t| {
-        if elsewhere.elsewhere(&t.name) {
-            plan.refused.push(Refused {
-                topic: t.name.clone(),
-                partitions: t.partitions.iter().map(|p| p.partition_index).collect(),
-            });
-            return false;
-        }
-        let physical = ctx.routes.physical_topic(&t.name, &here);
-        if physical != t.name.as_str() {
-            let physical = topic_name(&physical);
-            plan.renames.insert(physical.clone(), t.name.clone());
-            t.name = physical;
-        }
-        true
+        let parts = t.partitions.iter().map(|p| p.partition_index);
+        let away = elsewhere.elsewhere(&t.name);
+        plan.route_topic(&routes, &here, &mut t.name, parts, away)
     });
     offsets::clear_list_offsets_epochs(&mut req);
     if !plan.refused.is_empty() {
@@ -1252,7 +1263,8 @@ mod tests {
                     .with_partition_index(0)
                     .with_high_watermark(10)
                     .with_records(Some(Bytes::from_static(b"data")))])]);
-        let out = fetch_errors(&plan, upstream);
+        let mut out = upstream;
+        assert!(fetch_errors(&plan, &mut out));
         let p = &out.responses[0].partitions[0];
         assert_eq!(p.error_code, NOT_LEADER_OR_FOLLOWER);
         assert_eq!(p.records.as_deref(), Some(&b""[..]));

@@ -49,17 +49,6 @@ pub struct Identity {
     seen: u64,
 }
 
-impl Identity {
-    /// The one group this identity belongs to, if exactly one.
-    pub fn single_group(&self) -> Option<&str> {
-        if self.groups.len() == 1 {
-            self.groups.iter().next().map(String::as_str)
-        } else {
-            None
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Identities {
     inner: Mutex<(HashMap<IdentityKey, Identity>, u64)>,
@@ -136,13 +125,15 @@ mod tests {
     }
 
     #[test]
-    fn single_group_only_when_unambiguous() {
+    fn groups_accumulate_per_identity() {
         let ids = Identities::default();
         let k = IdentityKey::new(None, "rdkafka", "127.0.0.1".parse().unwrap());
         assert!(ids.get(&k).is_none());
         ids.link_group(&k, "billing");
-        assert_eq!(ids.get(&k).unwrap().single_group(), Some("billing"));
+        assert_eq!(ids.get(&k).unwrap().groups.len(), 1);
+        ids.link_group(&k, "billing");
         ids.link_group(&k, "audit");
-        assert_eq!(ids.get(&k).unwrap().single_group(), None);
+        let groups: Vec<String> = ids.get(&k).unwrap().groups.into_iter().collect();
+        assert_eq!(groups, ["audit", "billing"]);
     }
 }

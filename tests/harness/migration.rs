@@ -111,6 +111,74 @@ impl Stored {
 pub const TARGET_GROUP_ROW: &str =
     "[routes.groups.\"migration-on-target\"]\ncluster = \"target\"\n";
 
+/// A client driver program (the Java and franz-go drivers share flag names).
+type Driver = fn(&[&str]) -> Value;
+
+/// A consumer group of `members` run by `driver` in the background for 60 s,
+/// recording every value it saw in `seen` (removed first).
+fn background_group(
+    driver: Driver,
+    bootstrap: &str,
+    topics: &str,
+    group: &str,
+    members: u32,
+    seen: &std::path::Path,
+) -> std::thread::JoinHandle<Value> {
+    let _ = std::fs::remove_file(seen);
+    let args: Vec<String> = [
+        "consume",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topics,
+        "--group",
+        group,
+        "--members",
+        &members.to_string(),
+        "--expect",
+        "1000000000",
+        "--timeout-s",
+        "60",
+        "--seen-file",
+        &seen.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    std::thread::spawn(move || driver(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
+/// An idempotent producer run by `driver` in the background: PER_PRODUCER records
+/// at RATE, alternating over `topics`, keys `<prefix>-<n>`.
+fn background_producer(
+    driver: Driver,
+    bootstrap: &str,
+    topics: &str,
+    prefix: &str,
+) -> std::thread::JoinHandle<Value> {
+    let args: Vec<String> = [
+        "produce",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topics,
+        "--count",
+        &PER_PRODUCER.to_string(),
+        "--keys",
+        &KEYS.to_string(),
+        "--key-prefix",
+        prefix,
+        "--rate",
+        &RATE.to_string(),
+        "--timeout-s",
+        "150",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    std::thread::spawn(move || driver(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
 const KEYS: u64 = 20; // even: with two topics, each key always goes to the same one
@@ -183,84 +251,32 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
     };
     std::thread::sleep(Duration::from_secs(4));
 
-    let consumer = {
-        let (b, t, f) = (
-            bootstrap.clone(),
-            topics.clone(),
-            seen_file.display().to_string(),
-        );
-        std::thread::spawn(move || {
-            java_driver(&[
-                "consume",
-                "--bootstrap",
-                &b,
-                "--topic",
-                &t,
-                "--group",
-                "migration-readers",
-                "--members",
-                "2",
-                "--expect",
-                "1000000000",
-                "--timeout-s",
-                "60",
-                "--seen-file",
-                &f,
-            ])
-        })
-    };
+    let consumer = background_group(
+        java_driver,
+        &bootstrap,
+        &topics,
+        "migration-readers",
+        2,
+        &seen_file,
+    );
     let franz_seen = scratch_dir.join("franz-group.seen");
-    let _ = std::fs::remove_file(&franz_seen);
-    let franz_consumer = {
-        let (b, t, f) = (
-            bootstrap.clone(),
-            topics.clone(),
-            franz_seen.display().to_string(),
-        );
-        std::thread::spawn(move || {
-            go_driver(&[
-                "consume",
-                "--bootstrap",
-                &b,
-                "--topic",
-                &t,
-                "--group",
-                "migration-franz",
-                "--members",
-                "2",
-                "--expect",
-                "1000000000",
-                "--timeout-s",
-                "60",
-                "--seen-file",
-                &f,
-            ])
-        })
-    };
+    let franz_consumer = background_group(
+        go_driver,
+        &bootstrap,
+        &topics,
+        "migration-franz",
+        2,
+        &franz_seen,
+    );
     let target_seen = scratch_dir.join("target-group.seen");
-    let _ = std::fs::remove_file(&target_seen);
-    let target_consumer = {
-        let (b, f) = (bootstrap.clone(), target_seen.display().to_string());
-        std::thread::spawn(move || {
-            java_driver(&[
-                "consume",
-                "--bootstrap",
-                &b,
-                "--topic",
-                ORDERS,
-                "--group",
-                "migration-on-target",
-                "--members",
-                "1",
-                "--expect",
-                "1000000000",
-                "--timeout-s",
-                "60",
-                "--seen-file",
-                &f,
-            ])
-        })
-    };
+    let target_consumer = background_group(
+        java_driver,
+        &bootstrap,
+        ORDERS,
+        "migration-on-target",
+        1,
+        &target_seen,
+    );
     let rdk_seen = std::sync::Arc::new(rdk::Seen::default());
     let rdk_consumer = {
         let (b, t, seen) = (bootstrap.clone(), topics.clone(), rdk_seen.clone());
@@ -278,62 +294,8 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
         })
     };
     let started = Instant::now();
-    let count = PER_PRODUCER.to_string();
-    let rate = RATE.to_string();
-    let java = {
-        let (b, t, c, r) = (
-            bootstrap.clone(),
-            topics.clone(),
-            count.clone(),
-            rate.clone(),
-        );
-        std::thread::spawn(move || {
-            java_driver(&[
-                "produce",
-                "--bootstrap",
-                &b,
-                "--topic",
-                &t,
-                "--count",
-                &c,
-                "--keys",
-                &KEYS.to_string(),
-                "--key-prefix",
-                "java",
-                "--rate",
-                &r,
-                "--timeout-s",
-                "150",
-            ])
-        })
-    };
-    let franz = {
-        let (b, t, c, r) = (
-            bootstrap.clone(),
-            topics.clone(),
-            count.clone(),
-            rate.clone(),
-        );
-        std::thread::spawn(move || {
-            go_driver(&[
-                "produce",
-                "--bootstrap",
-                &b,
-                "--topic",
-                &t,
-                "--count",
-                &c,
-                "--keys",
-                &KEYS.to_string(),
-                "--key-prefix",
-                "franz",
-                "--rate",
-                &r,
-                "--timeout-s",
-                "150",
-            ])
-        })
-    };
+    let java = background_producer(java_driver, &bootstrap, &topics, "java");
+    let franz = background_producer(go_driver, &bootstrap, &topics, "franz");
     let librdkafka = {
         let b = bootstrap.clone();
         std::thread::spawn(move || {
