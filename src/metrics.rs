@@ -60,6 +60,30 @@ pub fn switch(kind: &'static str, outcome: &'static str) {
     counter!(SWITCHES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
 }
 
+/// The phase a switch is in: 0 waiting, 1 quiescing, 2 leaving, 3 translated,
+/// 4 committed, 5 flipped, 6 done, -1 failed, -2 cancelled.
+pub fn switch_phase(kind: &'static str, name: &str, phase: crate::state::Phase) {
+    use crate::state::Phase;
+    let v = match phase {
+        Phase::Waiting => 0.0,
+        Phase::Quiescing => 1.0,
+        Phase::Leaving => 2.0,
+        Phase::Translated => 3.0,
+        Phase::Committed => 4.0,
+        Phase::Flipped => 5.0,
+        Phase::Done => 6.0,
+        Phase::Failed => -1.0,
+        Phase::Cancelled => -2.0,
+    };
+    gauge!(SWITCH_PHASE, "kind" => kind, "name" => name.to_string()).set(v);
+}
+
+/// Records a switching group has left to read on `cluster`.
+pub fn group_lag(group: &str, cluster: &str, lag: i64) {
+    gauge!(GROUP_LAG, "group" => group.to_string(), "cluster" => cluster.to_string())
+        .set(lag as f64);
+}
+
 /// A request the proxy refused for some partitions or a group because the route
 /// points elsewhere (the client is steered with a retriable error).
 pub fn steered(api: &'static str, cluster: &str) {

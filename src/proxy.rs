@@ -4,17 +4,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigErrors, Matcher, TopicRoute};
+use crate::config::{
+    Config, ConfigErrors, GroupRoute, Matcher, OffsetStrategy, SwitchWhen, TopicRoute,
+};
 use crate::handlers::api_versions::{self, ApiTable};
 use crate::handlers::sasl::ServerSasl;
 use crate::handlers::VirtualMap;
 use crate::metrics;
 use crate::routes::RouteTable;
-use crate::state::{Mark, StateStore};
+use crate::state::{GroupSwitch, Mark, Phase, StateStore};
+use crate::switch::groups::GroupSwitches;
 use crate::switch::identity::Identities;
 use crate::switch::inflight::Inflight;
 use crate::switch::producers::Producers;
@@ -22,6 +25,8 @@ use crate::switch::{self, ProduceFlip};
 use crate::upstream::ClusterView;
 
 pub struct Proxy {
+    /// This proxy, for the tasks it starts (group switches).
+    me: Weak<Proxy>,
     config_path: Option<PathBuf>,
     config: ArcSwap<Config>,
     routes: ArcSwap<RouteTable>,
@@ -40,6 +45,27 @@ pub struct Proxy {
     changing: tokio::sync::Mutex<()>,
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
     history: Mutex<HashMap<String, PreviousRoute>>,
+    /// Group switches in progress, as the request path sees them.
+    pub group_switches: GroupSwitches,
+    /// Groups held on their old cluster until their switch flips.
+    pins: Mutex<BTreeMap<String, String>>,
+}
+
+/// A group switch asked for through the admin API.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct GroupSwitchRequest {
+    pub to: String,
+    pub offsets: Option<String>,
+    pub when: Option<String>,
+}
+
+/// Why a group switch was refused.
+#[derive(Debug)]
+pub enum SwitchRefused {
+    /// The request or the resulting config is invalid.
+    Invalid(ConfigErrors),
+    /// The group's offsets cannot be translated now (`when = "now"`).
+    Untranslatable(String),
 }
 
 fn server_sasl(config: &Config) -> Result<Option<Arc<ServerSasl>>, String> {
@@ -60,6 +86,14 @@ fn acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String
             .map(|c| Some(tokio_rustls::TlsAcceptor::from(c)))
             .map_err(|e| format!("[listener.tls]: {e}")),
     }
+}
+
+/// What a reload does to groups.
+#[derive(Debug, Default)]
+struct GroupPlan {
+    start: Vec<GroupSwitch>,
+    cancel: Vec<String>,
+    pins: BTreeMap<String, String>,
 }
 
 /// A topic's (produce, consume) clusters before a switch.
@@ -84,7 +118,8 @@ impl Proxy {
         let state = StateStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
         let tls = acceptor(&config)?;
         let sasl = server_sasl(&config)?;
-        Ok(Arc::new(Proxy {
+        Ok(Arc::new_cyclic(|me| Proxy {
+            me: me.clone(),
             config_path,
             routes: ArcSwap::from_pointee(routes),
             config: ArcSwap::from_pointee(config),
@@ -98,7 +133,146 @@ impl Proxy {
             inflight: Arc::new(Inflight::default()),
             changing: tokio::sync::Mutex::new(()),
             history: Mutex::new(HashMap::new()),
+            group_switches: GroupSwitches::default(),
+            pins: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// Every group switch recorded, newest record each.
+    pub fn group_switch_records(&self) -> Vec<GroupSwitch> {
+        self.state.group_switches()
+    }
+
+    /// Picks up group switches a previous run left unfinished: before the flip the
+    /// group stays on its old cluster and the switch runs again from the start; from
+    /// the flip on it is on the new cluster and the switch is over.
+    pub fn resume_switches(self: &Arc<Self>) {
+        let table = self.routes();
+        let mut pins = self.pins.lock().expect("pins lock");
+        for mut sw in self.state.group_switches() {
+            if sw.phase.finished() {
+                continue;
+            }
+            let configured = table.configured_group_cluster(&sw.group).to_string();
+            if sw.phase >= Phase::Flipped {
+                tracing::info!(group = %sw.group, to = %sw.to, "group switch had flipped before the restart; done");
+                sw.phase = Phase::Done;
+                let _ = self.state.record_group(sw);
+                continue;
+            }
+            if configured != sw.to {
+                tracing::info!(group = %sw.group, "group switch left unfinished and no longer configured; cancelled");
+                sw.phase = Phase::Cancelled;
+                let _ = self.state.record_group(sw);
+                continue;
+            }
+            tracing::info!(group = %sw.group, from = %sw.from, to = %sw.to, phase = sw.phase.as_str(), "resuming group switch from the start; the group stays on its old cluster meanwhile");
+            sw.phase = Phase::Waiting;
+            sw.reason = None;
+            sw.moves.clear();
+            pins.insert(sw.group.clone(), sw.from.clone());
+            self.group_switches
+                .start(&sw.group, &sw.from, Phase::Waiting);
+            tokio::spawn(crate::switch::handoff::run(self.clone(), sw));
+        }
+        let mut t = (*table).clone();
+        t.pins = pins.clone();
+        self.routes.store(Arc::new(t));
+    }
+
+    /// The switch of `group` flipped: it follows its row from now on.
+    pub async fn unpin_group(&self, group: &str) {
+        let _one_at_a_time = self.changing.lock().await;
+        let mut pins = self.pins.lock().expect("pins lock");
+        pins.remove(group);
+        let mut t = (*self.routes()).clone();
+        t.pins = pins.clone();
+        tracing::info!(
+            group,
+            cluster = t.group_cluster(group),
+            "group route flipped"
+        );
+        self.routes.store(Arc::new(t));
+    }
+
+    /// Switches one group to cluster `req.to` (admin API and CLI). With `when =
+    /// "now"` the offsets must translate at once, or nothing changes.
+    pub async fn switch_group(
+        &self,
+        group: &str,
+        req: GroupSwitchRequest,
+    ) -> Result<u64, SwitchRefused> {
+        let invalid = |e: String| SwitchRefused::Invalid(ConfigErrors(vec![e]));
+        if !self.clusters.contains_key(&req.to) {
+            return Err(invalid(format!("unknown cluster `{}`", req.to)));
+        }
+        let routes = self.routes();
+        let row = routes.group_row(group).cloned();
+        let offsets = match &req.offsets {
+            Some(o) => OffsetStrategy::parse(o).ok_or_else(|| {
+                invalid(format!(
+                    "offsets: `{o}` is not one of marks, mm2, identity, timestamp"
+                ))
+            })?,
+            None => row.as_ref().map_or(OffsetStrategy::Marks, |r| r.offsets),
+        };
+        let when = match &req.when {
+            Some(w) => SwitchWhen::parse(w)
+                .ok_or_else(|| invalid(format!("when: `{w}` is not one of drained, now")))?,
+            None => row.as_ref().map_or(SwitchWhen::Drained, |r| r.when),
+        };
+        let from = routes.group_cluster(group).to_string();
+        if when == SwitchWhen::Now && from != req.to && !self.group_switches.is_live(group) {
+            crate::switch::handoff::check(self, group, &from, &req.to, offsets)
+                .await
+                .map_err(|e| SwitchRefused::Untranslatable(e.to_string()))?;
+        }
+        let mut new = (*self.config()).clone();
+        new.routes
+            .groups
+            .retain(|g| !matches!(&g.matcher, Matcher::Exact(n) if n == group));
+        new.routes.groups.push(GroupRoute {
+            matcher: Matcher::Exact(group.to_string()),
+            cluster: req.to.clone(),
+            offsets,
+            when,
+        });
+        let result = self.apply(new).await.map_err(SwitchRefused::Invalid);
+        if let Ok(v) = &result {
+            tracing::info!(group, to = %req.to, version = v, "group switch asked through the admin API");
+        }
+        result
+    }
+
+    /// Switches a group back to where its latest switch took it from (or cancels
+    /// that switch if it has not flipped yet).
+    pub async fn rollback_group(&self, group: &str) -> Result<u64, SwitchRefused> {
+        let last =
+            self.state.group_switches().into_iter().find(|s| {
+                s.group == group && s.phase != Phase::Failed && s.phase != Phase::Cancelled
+            });
+        let Some(last) = last else {
+            return Err(SwitchRefused::Invalid(ConfigErrors(vec![format!(
+                "group `{group}` has no switch to roll back"
+            )])));
+        };
+        let when = self
+            .routes()
+            .group_row(group)
+            .map_or(SwitchWhen::Drained, |r| r.when);
+        self.switch_group(
+            group,
+            GroupSwitchRequest {
+                to: last.from,
+                offsets: Some(last.offsets),
+                when: Some(when.as_str().to_string()),
+            },
+        )
+        .await
     }
 
     /// Whether more than one cluster is configured. With one, there is nothing to
@@ -304,7 +478,11 @@ impl Proxy {
         let sasl = server_sasl(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
-        let table = RouteTable::new(version, &new);
+        let mut table = RouteTable::new(version, &new);
+        let group_plan = self
+            .group_changes(&old_table, &table)
+            .map_err(ConfigErrors)?;
+        table.pins = group_plan.pins.clone();
         let timeout = new
             .proxy
             .connect_timeout
@@ -348,12 +526,102 @@ impl Proxy {
         self.tls.store(Arc::new(tls));
         self.sasl.store(Arc::new(sasl));
         self.config.store(Arc::new(new));
+        for sw in &group_plan.start {
+            // Durable before the table that pins the group is visible.
+            self.state
+                .record_group(sw.clone())
+                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        }
+        *self.pins.lock().expect("pins lock") = group_plan.pins;
         self.routes.store(Arc::new(table));
         metrics::route_version(version);
+        for g in &group_plan.cancel {
+            self.group_switches.cancel(g);
+            tracing::info!(group = %g, "group switch cancelled: its row points back where it was");
+        }
+        for sw in group_plan.start {
+            tracing::info!(group = %sw.group, from = %sw.from, to = %sw.to, offsets = %sw.offsets, when = %sw.when, "group switch started");
+            self.group_switches
+                .start(&sw.group, &sw.from, Phase::Waiting);
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(crate::switch::handoff::run(me, sw));
+            }
+        }
         for flip in &flips {
             tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipped");
         }
         Ok(version)
+    }
+
+    /// The group switches a new table starts or cancels, and the pins it carries.
+    fn group_changes(&self, old: &RouteTable, new: &RouteTable) -> Result<GroupPlan, Vec<String>> {
+        let mut candidates: std::collections::BTreeSet<String> = self.identities.all_groups();
+        for r in old.groups().iter().chain(new.groups()) {
+            if let Matcher::Exact(n) = &r.matcher {
+                candidates.insert(n.clone());
+            }
+        }
+        candidates.extend(old.pins.keys().cloned());
+        let records: HashMap<String, GroupSwitch> = self
+            .state
+            .group_switches()
+            .into_iter()
+            .map(|s| (s.group.clone(), s))
+            .collect();
+        let mut plan = GroupPlan {
+            pins: old.pins.clone(),
+            ..GroupPlan::default()
+        };
+        let mut errors = Vec::new();
+        let now = crate::switch::handoff::now_ms();
+        for g in candidates {
+            let wanted = new.configured_group_cluster(&g).to_string();
+            let current = old.group_cluster(&g).to_string();
+            if self.group_switches.is_live(&g) {
+                let Some(rec) = records.get(&g) else { continue };
+                if wanted == rec.to {
+                    continue;
+                }
+                if wanted == rec.from && rec.phase < Phase::Flipped {
+                    plan.cancel.push(g.clone());
+                    plan.pins.remove(&g);
+                    continue;
+                }
+                errors.push(format!(
+                    "[routes.groups] `{g}`: a switch from `{}` to `{}` is in phase {}; point it back at `{}` to cancel it, or wait until it is done",
+                    rec.from, rec.to, rec.phase.as_str(), rec.from
+                ));
+                continue;
+            }
+            if wanted == current {
+                continue;
+            }
+            let row = new.group_row(&g);
+            plan.pins.insert(g.clone(), current.clone());
+            plan.start.push(GroupSwitch {
+                group: g.clone(),
+                from: current,
+                to: wanted,
+                offsets: row
+                    .map_or(OffsetStrategy::Marks, |r| r.offsets)
+                    .as_str()
+                    .to_string(),
+                when: row
+                    .map_or(SwitchWhen::Drained, |r| r.when)
+                    .as_str()
+                    .to_string(),
+                phase: Phase::Waiting,
+                reason: None,
+                moves: Vec::new(),
+                started_at_ms: now,
+                updated_at_ms: now,
+            });
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors)
+        }
     }
 
     async fn flips(

@@ -51,6 +51,8 @@ pub async fn run(
         }
     }
     proxy.recompute_api_table();
+    // Before any client connects: groups whose switch did not flip stay pinned.
+    proxy.resume_switches();
 
     let tracker = TaskTracker::new();
     let listeners = Listeners::new(proxy.clone(), shutdown.clone(), tracker.clone());

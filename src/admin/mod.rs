@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Proxy, TopicSwitch};
+use crate::proxy::{GroupSwitchRequest, Proxy, SwitchRefused, TopicSwitch};
 
 #[derive(Clone)]
 struct AdminState {
@@ -29,8 +29,10 @@ pub fn router(proxy: Arc<Proxy>, metrics: PrometheusHandle) -> Router {
         .route("/reload", post(reload))
         .route("/switch/topic/{name}", post(switch_topic))
         .route("/rollback/topic/{name}", post(rollback_topic))
-        .route("/switch/{kind}/{name}", post(not_yet))
-        .route("/rollback/{kind}/{name}", post(not_yet))
+        .route("/switch/group/{name}", post(switch_group))
+        .route("/rollback/group/{name}", post(rollback_group))
+        .route("/switch/{kind}/{name}", post(unknown_kind))
+        .route("/rollback/{kind}/{name}", post(unknown_kind))
         .with_state(AdminState { proxy, metrics })
 }
 
@@ -141,7 +143,7 @@ pub fn status_json(proxy: &Proxy) -> Value {
         "marks": proxy.marks(),
         "groups_attributed": proxy.identities.group_members(),
         "virtual_producers": proxy.producers.len(),
-        "switches": [],
+        "switches": proxy.group_switch_records().iter().map(switch_json).collect::<Vec<_>>(),
     })
 }
 
@@ -216,11 +218,92 @@ async fn rollback_topic(State(s): State<AdminState>, Path(topic): Path<String>) 
     resp
 }
 
-async fn not_yet(Path((kind, name)): Path<(String, String)>) -> Response {
+fn switch_json(sw: &crate::state::GroupSwitch) -> Value {
+    json!({
+        "kind": "group",
+        "name": sw.group,
+        "from": sw.from,
+        "to": sw.to,
+        "offsets": sw.offsets,
+        "when": sw.when,
+        "phase": sw.phase.as_str(),
+        "reason": sw.reason,
+        "partitions": sw.moves.iter().map(|m| json!({
+            "topic": m.topic,
+            "partition": m.partition,
+            "old_offset": m.old_offset,
+            "new_offset": m.new_offset,
+            "method": m.method,
+        })).collect::<Vec<_>>(),
+        "started_at_ms": sw.started_at_ms,
+        "updated_at_ms": sw.updated_at_ms,
+    })
+}
+
+fn group_outcome(proxy: &Proxy, group: &str, result: Result<u64, SwitchRefused>) -> Response {
+    let routes = proxy.routes();
+    match result {
+        Ok(version) => {
+            let sw = proxy
+                .group_switch_records()
+                .into_iter()
+                .find(|s| s.group == group);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "route_version": version,
+                    "group": group,
+                    "cluster": routes.group_cluster(group),
+                    "switch": sw.as_ref().map(switch_json),
+                })),
+            )
+                .into_response()
+        }
+        Err(SwitchRefused::Invalid(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": e.0, "route_version": routes.version})),
+        )
+            .into_response(),
+        Err(SwitchRefused::Untranslatable(why)) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "errors": [format!("group `{group}` not switched: its offsets cannot be translated: {why}")],
+                "group": group,
+                "cluster": routes.group_cluster(group),
+                "route_version": routes.version,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /switch/group/{group}` with `{"to": "...", "offsets": "...", "when": "..."}`.
+async fn switch_group(
+    State(s): State<AdminState>,
+    Path(group): Path<String>,
+    body: Option<Json<GroupSwitchRequest>>,
+) -> Response {
+    let Some(Json(req)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": ["a JSON body with `to` is required"]})),
+        )
+            .into_response();
+    };
+    let result = s.proxy.switch_group(&group, req).await;
+    group_outcome(&s.proxy, &group, result)
+}
+
+async fn rollback_group(State(s): State<AdminState>, Path(group): Path<String>) -> Response {
+    let result = s.proxy.rollback_group(&group).await;
+    group_outcome(&s.proxy, &group, result)
+}
+
+async fn unknown_kind(Path((kind, name)): Path<(String, String)>) -> Response {
     (
-        StatusCode::NOT_IMPLEMENTED,
+        StatusCode::NOT_FOUND,
         Json(json!({
-            "error": format!("switching {kind} `{name}`: group switches (offset handoff) are not in this build yet; only `topic` is"),
+            "errors": [format!("cannot switch {kind} `{name}`: only `topic` and `group` switch")],
         })),
     )
         .into_response()

@@ -109,6 +109,16 @@ impl OffsetStrategy {
             OffsetStrategy::Timestamp => "timestamp",
         }
     }
+
+    pub fn parse(s: &str) -> Option<OffsetStrategy> {
+        Some(match s {
+            "marks" => OffsetStrategy::Marks,
+            "mm2" => OffsetStrategy::Mm2,
+            "identity" => OffsetStrategy::Identity,
+            "timestamp" => OffsetStrategy::Timestamp,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +132,14 @@ impl SwitchWhen {
         match self {
             SwitchWhen::Drained => "drained",
             SwitchWhen::Now => "now",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SwitchWhen> {
+        match s {
+            "drained" => Some(SwitchWhen::Drained),
+            "now" => Some(SwitchWhen::Now),
+            _ => None,
         }
     }
 }

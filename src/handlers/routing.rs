@@ -50,6 +50,7 @@ use crate::codec::{self, DecodeError, RequestFrame};
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::routes::RouteTable;
+use crate::switch::groups::{Release, Verdict};
 use crate::switch::identity::IdentityKey;
 use crate::switch::inflight::InflightGuard;
 use crate::switch::producers::{self, BatchError, PlanError, Producers, Sent};
@@ -156,7 +157,12 @@ pub struct Plan {
     /// For fetches: topics (logical) this connection must not serve at all, even if
     /// the broker's fetch session still returns them.
     pub not_here: Option<ReadCheck>,
+    /// For fetches of a group being switched: answer without records.
+    pub strip_records: bool,
 }
+
+/// The longest a held fetch waits before its empty answer.
+const MAX_HELD_FETCH_WAIT_MS: i32 = 1000;
 
 /// Whether a logical topic is read from another cluster, for one request's routes.
 #[derive(Clone)]
@@ -176,7 +182,10 @@ impl std::fmt::Debug for ReadCheck {
 
 impl Plan {
     fn is_noop(&self) -> bool {
-        self.refused.is_empty() && self.renames.is_empty() && self.not_here.is_none()
+        self.refused.is_empty()
+            && self.renames.is_empty()
+            && self.not_here.is_none()
+            && !self.strip_records
     }
 
     /// One topic of a request: refused (every partition answered with a retriable
@@ -263,7 +272,7 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         ApiKey::Metadata => metadata(ctx, frame).await?,
         ApiKey::Produce => produce(ctx, frame).await?,
         ApiKey::InitProducerId => init_producer_id(ctx, frame)?,
-        ApiKey::Fetch => fetch(ctx, frame)?,
+        ApiKey::Fetch => fetch(ctx, frame).await?,
         ApiKey::ListOffsets => list_offsets(ctx, frame)?,
         ApiKey::OffsetForLeaderEpoch => match offset_for_leader_epoch(ctx, frame)? {
             Some(a) => a,
@@ -278,7 +287,7 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         | ApiKey::Heartbeat
         | ApiKey::LeaveGroup
         | ApiKey::OffsetCommit
-        | ApiKey::OffsetFetch => match group_api(ctx, frame)? {
+        | ApiKey::OffsetFetch => match group_api(ctx, frame).await? {
             Some(a) => a,
             None => return Ok(None),
         },
@@ -776,9 +785,28 @@ fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Vec<String> {
     groups
 }
 
-fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: FetchRequest = frame.decode()?;
     let groups = reader(ctx, frame);
+    // A group switch holds its members' fetches: they are answered without records
+    // (after the client's own wait, so held clients do not spin).
+    let switches = &ctx.proxy.group_switches;
+    let held = switches.busy() && !groups.is_empty() && {
+        let key = ctx.identity(frame);
+        switches.note_positions(
+            &groups,
+            req.topics.iter().flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.as_str(), p.partition, p.fetch_offset))
+            }),
+        );
+        switches.fetch_held(&groups, &key)
+    };
+    if held {
+        let wait = req.max_wait_ms.clamp(0, MAX_HELD_FETCH_WAIT_MS) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
@@ -807,6 +835,7 @@ fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> 
         return respond(frame, &resp);
     }
     plan.not_here = Some(elsewhere);
+    plan.strip_records = held;
     // Unchanged requests go upstream as their original bytes.
     let bytes = if changed {
         codec::encode_request(frame.api, &frame.header, &req)?
@@ -873,7 +902,16 @@ pub fn rewrite_fetch_response(
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame.clone())?;
-    let changed = fetch::rewrite_response(&mut resp, map) | fetch_errors(plan, &mut resp);
+    let mut changed = fetch::rewrite_response(&mut resp, map) | fetch_errors(plan, &mut resp);
+    if plan.strip_records {
+        for t in &mut resp.responses {
+            for p in &mut t.partitions {
+                p.records = Some(Bytes::new());
+                p.aborted_transactions = None;
+            }
+        }
+        changed = true;
+    }
     if !changed {
         // The record data goes back as the upstream's bytes, uncopied.
         return Ok(frame);
@@ -1069,64 +1107,130 @@ async fn find_coordinator(
     respond(frame, &out).map(Some)
 }
 
-/// Group-scoped APIs: link the identity to the group; steer with NOT_COORDINATOR
-/// when the group lives on another cluster.
-fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
-    let group: String = match frame.api {
-        ApiKey::JoinGroup => frame.decode::<JoinGroupRequest>()?.group_id.to_string(),
-        ApiKey::SyncGroup => frame.decode::<SyncGroupRequest>()?.group_id.to_string(),
-        ApiKey::Heartbeat => frame.decode::<HeartbeatRequest>()?.group_id.to_string(),
-        ApiKey::LeaveGroup => frame.decode::<LeaveGroupRequest>()?.group_id.to_string(),
-        ApiKey::OffsetCommit => frame.decode::<OffsetCommitRequest>()?.group_id.to_string(),
+/// Group-scoped APIs: link the identity to the group; apply a running group switch
+/// (PROTOCOL.md §3); steer with NOT_COORDINATOR when the group lives on another
+/// cluster.
+async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+    let (group, member): (String, String) = match frame.api {
+        ApiKey::JoinGroup => {
+            let r: JoinGroupRequest = frame.decode()?;
+            (r.group_id.to_string(), r.member_id.to_string())
+        }
+        ApiKey::SyncGroup => {
+            let r: SyncGroupRequest = frame.decode()?;
+            (r.group_id.to_string(), r.member_id.to_string())
+        }
+        ApiKey::Heartbeat => {
+            let r: HeartbeatRequest = frame.decode()?;
+            (r.group_id.to_string(), r.member_id.to_string())
+        }
+        ApiKey::LeaveGroup => {
+            let r: LeaveGroupRequest = frame.decode()?;
+            let member = match r.members.first() {
+                Some(m) => m.member_id.to_string(),
+                None => r.member_id.to_string(),
+            };
+            (r.group_id.to_string(), member)
+        }
+        ApiKey::OffsetCommit => {
+            let r: OffsetCommitRequest = frame.decode()?;
+            (r.group_id.to_string(), r.member_id.to_string())
+        }
         ApiKey::OffsetFetch => {
             let req: OffsetFetchRequest = frame.decode()?;
             if frame.version() >= 8 {
                 match req.groups.as_slice() {
-                    [one] => one.group_id.to_string(),
+                    [one] => (one.group_id.to_string(), String::new()),
                     _ => return Ok(None),
                 }
             } else {
-                req.group_id.to_string()
+                (req.group_id.to_string(), String::new())
             }
         }
         _ => return Ok(None),
     };
+    let key = ctx.identity(frame);
     if matches!(
         frame.api,
         ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::OffsetCommit
     ) {
         ctx.session.role = Role::Reader;
-        let key = ctx.identity(frame);
         ctx.proxy.identities.link_group(&key, &group);
+    }
+    let switches = &ctx.proxy.group_switches;
+    if switches.busy() {
+        let here = ctx.here().to_string();
+        let mut verdict = switches.verdict(&group, frame.api, &member, &here);
+        if let Verdict::Wait(mut rx) = verdict {
+            // A rejoin during a switch waits for its flip (or its end).
+            let _ = tokio::time::timeout(JOIN_HOLD_MAX, rx.wait_for(|r| *r != Release::Held)).await;
+            switches.join_released(&group);
+            ctx.routes = ctx.proxy.routes();
+            verdict = switches.verdict(&group, frame.api, &member, &here);
+            if let Verdict::Wait(_) = verdict {
+                switches.join_released(&group);
+            }
+        }
+        match verdict {
+            Verdict::Rebalance => return group_error(frame, REBALANCE_IN_PROGRESS).map(Some),
+            Verdict::UnknownMember => return group_error(frame, UNKNOWN_MEMBER_ID).map(Some),
+            Verdict::Forward | Verdict::Wait(_) => {}
+        }
     }
     let here = ctx.here();
     if ctx.routes.group_cluster(&group) == here {
+        if frame.api == ApiKey::JoinGroup && switches.busy() {
+            switches.rejoined(&group, &key);
+        }
         return Ok(None);
     }
     metrics::steered(super::api_name(frame.api), here);
-    let action = match frame.api {
+    group_error(frame, NOT_COORDINATOR).map(Some)
+}
+
+/// How long a rejoin is held at most while its group switches.
+const JOIN_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(120);
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+
+/// The proxy's own answer to a group request: `code` for the whole request.
+fn group_error(frame: &RequestFrame, code: i16) -> Result<Action, RouteError> {
+    match frame.api {
         ApiKey::JoinGroup => {
             let req: JoinGroupRequest = frame.decode()?;
+            // A member told it is unknown starts over with no id.
+            let member = if code == UNKNOWN_MEMBER_ID {
+                StrBytes::default()
+            } else {
+                req.member_id
+            };
             respond(
                 frame,
                 &JoinGroupResponse::default()
-                    .with_error_code(NOT_COORDINATOR)
+                    .with_error_code(code)
                     .with_generation_id(-1)
-                    .with_member_id(req.member_id),
-            )?
+                    .with_member_id(member),
+            )
         }
-        ApiKey::SyncGroup => respond(
-            frame,
-            &SyncGroupResponse::default().with_error_code(NOT_COORDINATOR),
-        )?,
-        ApiKey::Heartbeat => respond(
-            frame,
-            &HeartbeatResponse::default().with_error_code(NOT_COORDINATOR),
-        )?,
-        ApiKey::LeaveGroup => respond(
-            frame,
-            &LeaveGroupResponse::default().with_error_code(NOT_COORDINATOR),
-        )?,
+        ApiKey::SyncGroup => respond(frame, &SyncGroupResponse::default().with_error_code(code)),
+        ApiKey::Heartbeat => respond(frame, &HeartbeatResponse::default().with_error_code(code)),
+        ApiKey::LeaveGroup => {
+            let req: LeaveGroupRequest = frame.decode()?;
+            let mut resp = LeaveGroupResponse::default().with_error_code(code);
+            if frame.version() >= 3 {
+                resp.members = req
+                    .members
+                    .iter()
+                    .map(|m| {
+                        kafka_protocol::messages::leave_group_response::MemberResponse::default()
+                            .with_member_id(m.member_id.clone())
+                            .with_group_instance_id(m.group_instance_id.clone())
+                            .with_error_code(code)
+                    })
+                    .collect();
+            }
+            respond(frame, &resp)
+        }
         ApiKey::OffsetCommit => {
             let req: OffsetCommitRequest = frame.decode()?;
             let resp = OffsetCommitResponse::default().with_topics(
@@ -1141,14 +1245,14 @@ fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, 
                                     .map(|p| {
                                         OffsetCommitResponsePartition::default()
                                             .with_partition_index(p.partition_index)
-                                            .with_error_code(NOT_COORDINATOR)
+                                            .with_error_code(code)
                                     })
                                     .collect(),
                             )
                     })
                     .collect(),
             );
-            respond(frame, &resp)?
+            respond(frame, &resp)
         }
         ApiKey::OffsetFetch => {
             let req: OffsetFetchRequest = frame.decode()?;
@@ -1156,15 +1260,14 @@ fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, 
                 OffsetFetchResponse::default()
                     .with_groups(vec![OffsetFetchResponseGroup::default()
                         .with_group_id(req.groups[0].group_id.clone())
-                        .with_error_code(NOT_COORDINATOR)])
+                        .with_error_code(code)])
             } else {
-                OffsetFetchResponse::default().with_error_code(NOT_COORDINATOR)
+                OffsetFetchResponse::default().with_error_code(code)
             };
-            respond(frame, &resp)?
+            respond(frame, &resp)
         }
-        _ => unreachable!("filtered above"),
-    };
-    Ok(Some(action))
+        other => unreachable!("not a group API: {other:?}"),
+    }
 }
 
 #[cfg(test)]

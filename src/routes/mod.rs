@@ -2,14 +2,19 @@
 //! [`Config`]. Connections load the current snapshot once per request (through
 //! `ArcSwap`) and use it to the end of that request; a reload stores a whole new table.
 
+use std::collections::BTreeMap;
+
 use crate::config::{Config, GroupRoute, Matcher, TopicRoute};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
     pub version: u64,
     pub default_cluster: String,
     topics: Vec<TopicRoute>,
     groups: Vec<GroupRoute>,
+    /// Groups held on a cluster other than their row's while a switch runs: the
+    /// group stays where it is until the switch flips.
+    pub pins: BTreeMap<String, String>,
 }
 
 impl RouteTable {
@@ -19,6 +24,7 @@ impl RouteTable {
             default_cluster: config.routes.default_cluster.clone(),
             topics: config.routes.topics.clone(),
             groups: config.routes.groups.clone(),
+            pins: BTreeMap::new(),
         }
     }
 
@@ -63,6 +69,14 @@ impl RouteTable {
 
     /// Cluster that coordinates `group` and serves its reads and commits.
     pub fn group_cluster(&self, group: &str) -> &str {
+        match self.pins.get(group) {
+            Some(pinned) => pinned,
+            None => self.configured_group_cluster(group),
+        }
+    }
+
+    /// The group's cluster by its row alone, whatever switch is running.
+    pub fn configured_group_cluster(&self, group: &str) -> &str {
         self.group_row(group)
             .map(|g| g.cluster.as_str())
             .unwrap_or(&self.default_cluster)

@@ -2,8 +2,9 @@
 //! `state_dir`, fsynced on every append and compacted on start (the newest record per
 //! key is kept). A torn last line, from a crash in the middle of a write, is dropped.
 //!
-//! Today it holds switch marks: the end offsets of a topic's partitions on the cluster
-//! its writes moved to, recorded before the first write reaches it.
+//! It holds switch marks (the end offsets of a topic's partitions on the cluster its
+//! writes moved to, recorded before the first write reaches it) and the progress of
+//! every group switch, one record per phase.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -27,18 +28,94 @@ pub struct Mark {
     pub partitions: BTreeMap<i32, i64>,
 }
 
+/// Where a group switch stands. The order is the protocol's (DESIGN.md decision 9);
+/// everything before `Flipped` leaves the group on its old cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `when = "drained"`: waiting for the group to read what is left.
+    Waiting,
+    /// Fetches held; waiting for commits to reach positions.
+    Quiescing,
+    /// Rejoins held; members removed from the old group.
+    Leaving,
+    /// Final offsets read and translated.
+    Translated,
+    /// Translated offsets committed on the new cluster.
+    Committed,
+    /// Route flipped: the group lives on the new cluster.
+    Flipped,
+    /// Every member rejoined on the new cluster.
+    Done,
+    /// Not switched; `reason` says why. The group stays where it was.
+    Failed,
+    /// Replaced by a later route change before it flipped.
+    Cancelled,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Quiescing => "quiescing",
+            Phase::Leaving => "leaving",
+            Phase::Translated => "translated",
+            Phase::Committed => "committed",
+            Phase::Flipped => "flipped",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the switch is over (successfully or not).
+    pub fn finished(self) -> bool {
+        matches!(self, Phase::Done | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+/// One partition's committed offset moved between clusters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetMove {
+    pub topic: String,
+    pub partition: i32,
+    /// Committed offset on the old cluster (None: the group had none there).
+    pub old_offset: Option<i64>,
+    pub new_offset: i64,
+    /// How `new_offset` was obtained ("marks", "mm2 checkpoint", ...).
+    pub method: String,
+}
+
+/// A group switch and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSwitch {
+    pub group: String,
+    pub from: String,
+    pub to: String,
+    pub offsets: String,
+    pub when: String,
+    pub phase: Phase,
+    /// Why the switch waits or failed.
+    pub reason: Option<String>,
+    pub moves: Vec<OffsetMove>,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 // Externally tagged (`{"mark": {...}}`): internally tagged enums cannot read maps
 // with integer keys back.
 #[serde(rename_all = "snake_case")]
 enum Record {
     Mark(Mark),
+    Group(GroupSwitch),
 }
 
 impl Record {
     fn key(&self) -> String {
         match self {
             Record::Mark(m) => format!("mark/{}/{}", m.topic, m.cluster),
+            Record::Group(g) => format!("group/{}", g.group),
         }
     }
 }
@@ -137,18 +214,37 @@ impl StateStore {
         inner
             .records
             .values()
-            .map(|r| match r {
-                Record::Mark(m) => m.clone(),
+            .filter_map(|r| match r {
+                Record::Mark(m) => Some(m.clone()),
+                _ => None,
             })
             .collect()
     }
 
     pub fn mark(&self, topic: &str, cluster: &str) -> Option<Mark> {
         let inner = self.inner.lock().expect("state lock");
+        match inner.records.get(&format!("mark/{topic}/{cluster}")) {
+            Some(Record::Mark(m)) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records a group switch's progress durably; returns once it is on disk.
+    pub fn record_group(&self, switch: GroupSwitch) -> Result<(), StateError> {
+        self.append(Record::Group(switch))
+    }
+
+    /// The latest record of every group switch.
+    pub fn group_switches(&self) -> Vec<GroupSwitch> {
+        let inner = self.inner.lock().expect("state lock");
         inner
             .records
-            .get(&format!("mark/{topic}/{cluster}"))
-            .map(|Record::Mark(m)| m.clone())
+            .values()
+            .filter_map(|r| match r {
+                Record::Group(g) => Some(g.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -71,6 +71,16 @@ impl Identities {
         f(id);
     }
 
+    /// Every group any identity was seen in.
+    pub fn all_groups(&self) -> BTreeSet<String> {
+        let inner = self.inner.lock().expect("identities lock");
+        inner
+            .0
+            .values()
+            .flat_map(|i| i.groups.iter().cloned())
+            .collect()
+    }
+
     pub fn link_group(&self, key: &IdentityKey, group: &str) {
         self.update(key, |i| {
             if !i.groups.contains(group) {

@@ -1,9 +1,14 @@
 //! The cutover machinery: which topics a new routing table moves, the switch marks
 //! recorded when a topic's writes move, producer-id maps and group attribution.
 
+pub mod groups;
+pub mod handoff;
 pub mod identity;
 pub mod inflight;
+pub mod mm2;
+pub mod ops;
 pub mod producers;
+pub mod translate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,7 +54,7 @@ pub async fn candidate_topics(
     }
     if regex || old.default_cluster != new.default_cluster {
         for c in clusters {
-            for t in topic_names(c, timeout).await? {
+            for t in topic_names_all(c, timeout).await? {
                 names.insert(t);
             }
         }
@@ -76,7 +81,11 @@ pub fn produce_flips(
         .collect()
 }
 
-async fn topic_names(c: &ClusterView, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
+/// Every topic the cluster holds, but Kafka's own internal ones.
+pub(crate) async fn topic_names_all(
+    c: &ClusterView,
+    timeout: Duration,
+) -> Result<Vec<String>, UpstreamError> {
     let v = c.version_for(ApiKey::Metadata, 9).unwrap_or(1);
     let resp: MetadataResponse = c
         .call(ApiKey::Metadata, v, &MetadataRequest::default(), timeout)

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod groups;
 pub mod migration;
 pub mod rdk;
 pub mod scenarios;
@@ -712,10 +713,16 @@ impl Proxy {
 
     /// A bare HTTP/1.1 request to the admin API: (status code, body).
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_body(method, path, "")
+    }
+
+    /// Like [`http`](Self::http), with a JSON body.
+    pub fn http_body(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.admin).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut resp = String::new();

@@ -1,0 +1,20 @@
+//! Consumer groups change clusters (the group handoff): Kafka 2.4.1 source, Kafka 3.9
+//! target, Java (eager and cooperative), franz-go and librdkafka groups, all through
+//! the proxy and never restarted.
+
+#[macro_use]
+mod harness;
+
+use harness::groups;
+use harness::migration::TwoClusters;
+
+fn env() -> &'static TwoClusters {
+    static ENV: std::sync::OnceLock<TwoClusters> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| TwoClusters::start("groups", ""))
+}
+
+#[test]
+fn producer_first_switch_and_rollback_of_four_groups() {
+    let _serial = harness::serial();
+    groups::producer_first_and_rollback(env());
+}
