@@ -18,3 +18,9 @@ fn producer_first_switch_and_rollback_of_four_groups() {
     let _serial = harness::serial();
     groups::producer_first_and_rollback(env());
 }
+
+#[test]
+fn mirrored_group_switches_with_mm2_offsets() {
+    let _serial = harness::serial();
+    groups::mirrored_group_switch(env());
+}

@@ -121,6 +121,14 @@ pub enum ResponseRewrite {
     FetchRouted(Box<routing::Plan>),
     /// ListOffsets across clusters: as `ListOffsets`, plus refused partitions and names.
     ListOffsetsRouted(Box<routing::Plan>),
+    /// OffsetCommit / OffsetFetch whose topics have other names on this cluster:
+    /// physical → logical names.
+    OffsetsRenamed(
+        std::collections::HashMap<
+            kafka_protocol::messages::TopicName,
+            kafka_protocol::messages::TopicName,
+        >,
+    ),
     /// The client asked OffsetForLeaderEpoch; the proxy sent ListOffsets(latest)
     /// instead and answers from it (PROTOCOL.md §1).
     EpochFromListOffsets(offsets::EpochQuery),
@@ -278,6 +286,9 @@ pub fn rewrite_response(
         }
         ResponseRewrite::ListOffsetsRouted(plan) => {
             routing::rewrite_list_offsets_response(frame, version, plan)
+        }
+        ResponseRewrite::OffsetsRenamed(reverse) => {
+            routing::rewrite_offsets_renamed(frame, api, version, reverse)
         }
         ResponseRewrite::EpochFromListOffsets(query) => {
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);

@@ -161,12 +161,23 @@ pub fn rewrite_offset_fetch_frame(frame: Bytes, version: i16) -> Result<Bytes, D
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochQuery {
     pub topics: Vec<(TopicName, Vec<(i32, i32)>)>,
+    /// Names sent upstream where they differ (physical → the client's logical name).
+    pub renamed: Vec<(TopicName, TopicName)>,
 }
 
 /// Turns an OffsetForLeaderEpoch request into a ListOffsets(latest) request for the
 /// same partitions, keeping the client's correlation id and client id.
 pub fn epoch_request_as_list_offsets(
     frame: &RequestFrame,
+) -> Result<(Bytes, EpochQuery, i16), DecodeError> {
+    epoch_request_as_list_offsets_renamed(frame, |_| None)
+}
+
+/// Like [`epoch_request_as_list_offsets`], asking for `physical(name)` upstream
+/// where it gives a name.
+pub fn epoch_request_as_list_offsets_renamed(
+    frame: &RequestFrame,
+    physical: impl Fn(&TopicName) -> Option<TopicName>,
 ) -> Result<(Bytes, EpochQuery, i16), DecodeError> {
     let req: OffsetForLeaderEpochRequest = frame.decode()?;
     let query = EpochQuery {
@@ -183,6 +194,19 @@ pub fn epoch_request_as_list_offsets(
                 )
             })
             .collect(),
+        renamed: req
+            .topics
+            .iter()
+            .filter_map(|t| physical(&t.topic).map(|p| (p, t.topic.clone())))
+            .collect(),
+    };
+    let upstream = |name: &TopicName| {
+        query
+            .renamed
+            .iter()
+            .find(|(_, l)| l == name)
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| name.clone())
     };
     let list = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
@@ -193,7 +217,7 @@ pub fn epoch_request_as_list_offsets(
                 .iter()
                 .map(|(name, parts)| {
                     ListOffsetsTopic::default()
-                        .with_name(name.clone())
+                        .with_name(upstream(name))
                         .with_partitions(
                             parts
                                 .iter()
@@ -226,7 +250,12 @@ pub fn epoch_answer(
 ) -> OffsetForLeaderEpochResponse {
     let mut topics = Vec::new();
     for (name, parts) in &query.topics {
-        let listed = list.topics.iter().find(|t| &t.name == name);
+        let upstream = query
+            .renamed
+            .iter()
+            .find(|(_, l)| l == name)
+            .map_or(name, |(p, _)| p);
+        let listed = list.topics.iter().find(|t| &t.name == upstream);
         let partitions = parts
             .iter()
             .map(|(partition, epoch)| {

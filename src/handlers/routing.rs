@@ -987,8 +987,8 @@ pub fn rewrite_list_offsets_response(
 }
 
 /// OffsetForLeaderEpoch for a topic read elsewhere is refused whole (the client
-/// re-validates after its metadata refresh). Renamed topics are not answered
-/// through the epoch path yet and are refused the same way.
+/// re-validates after its metadata refresh). Renamed topics are answered from
+/// ListOffsets under their physical names, like every other topic (PROTOCOL.md §1).
 fn offset_for_leader_epoch(
     ctx: &mut Ctx<'_>,
     frame: &RequestFrame,
@@ -997,12 +997,30 @@ fn offset_for_leader_epoch(
     let groups = reader(ctx, frame);
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
-    let refuse = req.topics.iter().any(|t| {
-        elsewhere.elsewhere(&t.topic)
-            || ctx.routes.physical_topic(&t.topic, &here) != t.topic.as_str()
-    });
+    let refuse = req.topics.iter().any(|t| elsewhere.elsewhere(&t.topic));
     if !refuse {
-        return Ok(None);
+        let renamed = req
+            .topics
+            .iter()
+            .any(|t| ctx.routes.physical_topic(&t.topic, &here) != t.topic.as_str());
+        if !renamed {
+            return Ok(None);
+        }
+        // Answered from ListOffsets like the plain path, under physical names.
+        let routes = ctx.routes.clone();
+        let (bytes, query, version) =
+            offsets::epoch_request_as_list_offsets_renamed(frame, |name| {
+                let p = routes.physical_topic(name, &here);
+                (p != name.as_str()).then(|| topic_name(&p))
+            })?;
+        return Ok(Some(Action::Forward {
+            frame: bytes,
+            response: Some(Forwarded {
+                upstream_api: ApiKey::ListOffsets,
+                upstream_version: version,
+                rewrite: ResponseRewrite::EpochFromListOffsets(query),
+            }),
+        }));
     }
     metrics::steered("OffsetForLeaderEpoch", &here);
     let mut resp = OffsetForLeaderEpochResponse::default();
@@ -1182,10 +1200,95 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         if frame.api == ApiKey::JoinGroup && switches.busy() {
             switches.rejoined(&group, &key);
         }
-        return Ok(None);
+        return offsets_renamed(ctx, frame);
     }
     metrics::steered(super::api_name(frame.api), here);
     group_error(frame, NOT_COORDINATOR).map(Some)
+}
+
+/// OffsetCommit and OffsetFetch of a group on a cluster where topics have other
+/// names (`rename`): physical names go upstream, logical ones come back. None: no
+/// renamed topic here, the plain handler forwards it.
+fn offsets_renamed(ctx: &Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+    let here = ctx.here();
+    let reverse = reverse_renames(&ctx.routes, here);
+    if reverse.is_empty() {
+        return Ok(None);
+    }
+    let physical = |name: &mut TopicName, changed: &mut bool| {
+        let p = ctx.routes.physical_topic(name, here);
+        if p != name.as_str() {
+            *name = topic_name(&p);
+            *changed = true;
+        }
+    };
+    let mut changed = false;
+    let bytes = match frame.api {
+        ApiKey::OffsetCommit => {
+            let mut req: OffsetCommitRequest = frame.decode()?;
+            offsets::clear_offset_commit_epochs(&mut req);
+            for t in &mut req.topics {
+                physical(&mut t.name, &mut changed);
+            }
+            codec::encode_request(frame.api, &frame.header, &req)?
+        }
+        ApiKey::OffsetFetch => {
+            let mut req: OffsetFetchRequest = frame.decode()?;
+            for t in req.topics.iter_mut().flatten() {
+                physical(&mut t.name, &mut changed);
+            }
+            for g in &mut req.groups {
+                for t in g.topics.iter_mut().flatten() {
+                    physical(&mut t.name, &mut changed);
+                }
+            }
+            // Asking for every topic: the answer carries physical names.
+            let all = req.topics.is_none() || req.groups.iter().any(|g| g.topics.is_none());
+            if !changed && !all {
+                return Ok(None);
+            }
+            codec::encode_request(frame.api, &frame.header, &req)?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(forward(
+        frame,
+        bytes,
+        ResponseRewrite::OffsetsRenamed(reverse),
+    )))
+}
+
+/// Names an OffsetCommit or OffsetFetch response logically (physical → logical),
+/// clearing committed epochs as the plain handlers do.
+pub fn rewrite_offsets_renamed(
+    frame: Bytes,
+    api: ApiKey,
+    version: i16,
+    reverse: &HashMap<TopicName, TopicName>,
+) -> Result<Bytes, DecodeError> {
+    let logical = |name: &mut TopicName| {
+        if let Some(l) = reverse.get(name) {
+            *name = l.clone();
+        }
+    };
+    match api {
+        ApiKey::OffsetCommit => {
+            let (h, mut resp) =
+                codec::decode_response::<OffsetCommitResponse>(api, version, frame)?;
+            resp.topics.iter_mut().for_each(|t| logical(&mut t.name));
+            codec::encode_response(api, version, h.correlation_id, &resp)
+        }
+        ApiKey::OffsetFetch => {
+            let (h, mut resp) = codec::decode_response::<OffsetFetchResponse>(api, version, frame)?;
+            offsets::clear_offset_fetch_epochs(&mut resp);
+            resp.topics.iter_mut().for_each(|t| logical(&mut t.name));
+            for g in &mut resp.groups {
+                g.topics.iter_mut().for_each(|t| logical(&mut t.name));
+            }
+            codec::encode_response(api, version, h.correlation_id, &resp)
+        }
+        _ => Ok(frame),
+    }
 }
 
 /// How long a rejoin is held at most while its group switches.

@@ -171,6 +171,14 @@ impl Mm2Data {
                 }
             }
         }
+        tracing::info!(
+            group = cx.group,
+            %checkpoints,
+            offset_syncs = ?chosen.map(|(_, t)| t),
+            checkpoint_records = data.checkpoints.len(),
+            sync_partitions = data.syncs.len(),
+            "MirrorMaker 2 records read"
+        );
         if data.checkpoints.is_empty() && data.syncs.is_empty() {
             tracing::warn!(group = cx.group, %checkpoints, "no MirrorMaker 2 checkpoints or offset-syncs found; offsets fall back to timestamps");
         }

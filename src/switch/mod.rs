@@ -88,7 +88,12 @@ pub(crate) async fn topic_names_all(
 ) -> Result<Vec<String>, UpstreamError> {
     let v = c.version_for(ApiKey::Metadata, 9).unwrap_or(1);
     let resp: MetadataResponse = c
-        .call(ApiKey::Metadata, v, &MetadataRequest::default(), timeout)
+        .call(
+            ApiKey::Metadata,
+            v,
+            &MetadataRequest::default().with_topics(None),
+            timeout,
+        )
         .await?;
     Ok(resp
         .topics

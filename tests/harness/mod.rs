@@ -918,3 +918,82 @@ macro_rules! foundation_suite {
         )*
     };
 }
+
+/// MirrorMaker 2 in dedicated mode (`org.apache.kafka.connect.mirror.MirrorMaker`),
+/// replicating `topics` and checkpointing `groups` from the cluster aliased `source`
+/// to the one aliased `target`, with the default replication policy (`source.<topic>`).
+pub struct Mirror {
+    pub log: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl Mirror {
+    pub fn start(
+        name: &str,
+        source: &Cluster,
+        target: &Cluster,
+        topics: &str,
+        groups: &str,
+    ) -> Mirror {
+        let dir = scratch(name);
+        let props = dir.join("mm2.properties");
+        std::fs::write(
+            &props,
+            format!(
+                "clusters = source, target\n\
+                 source.bootstrap.servers = {}\n\
+                 target.bootstrap.servers = {}\n\
+                 source->target.enabled = true\n\
+                 target->source.enabled = false\n\
+                 source->target.topics = {topics}\n\
+                 source->target.groups = {groups}\n\
+                 replication.factor = 1\n\
+                 checkpoints.topic.replication.factor = 1\n\
+                 heartbeats.topic.replication.factor = 1\n\
+                 offset-syncs.topic.replication.factor = 1\n\
+                 offset.storage.replication.factor = 1\n\
+                 status.storage.replication.factor = 1\n\
+                 config.storage.replication.factor = 1\n\
+                 emit.checkpoints.interval.seconds = 1\n\
+                 emit.heartbeats.interval.seconds = 1\n\
+                 refresh.topics.interval.seconds = 2\n\
+                 refresh.groups.interval.seconds = 2\n\
+                 sync.group.offsets.enabled = false\n\
+                 sync.topic.acls.enabled = false\n\
+                 plugin.discovery = service_load\n",
+                source.bootstrap(),
+                target.bootstrap()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("mirror.log");
+        let mut args: Vec<String> = JVM_OPTS.iter().map(|s| s.to_string()).collect();
+        args.push(format!(
+            "-Dlog4j.configuration=file:{}",
+            log4j(&dir).display()
+        ));
+        args.extend([
+            "-cp".into(),
+            classpath("tests/kafka/mirror"),
+            "org.apache.kafka.connect.mirror.MirrorMaker".into(),
+            props.display().to_string(),
+        ]);
+        let child = spawn_guarded("java", &args, &log, &[]);
+        Mirror {
+            log,
+            child: Mutex::new(Some(child)),
+        }
+    }
+
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            kill_guard(&mut c);
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -2,7 +2,7 @@
 //! record format and JSON summary as the Java and franz-go drivers: key
 //! `<prefix>-<i % keys>`, value `<key>|<seq>`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -376,4 +376,30 @@ pub fn dump(bootstrap: &str, topic: &str) -> Vec<Stored> {
         }
     }
     out
+}
+
+/// The high watermark of every partition of `topic` on the cluster at `bootstrap`
+/// (empty when the topic does not exist).
+pub fn ends(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "switchyard-test-ends")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("rdkafka consumer");
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(30)) else {
+        return BTreeMap::new();
+    };
+    let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
+        return BTreeMap::new();
+    };
+    t.partitions()
+        .iter()
+        .map(|p| {
+            let (_, hi) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(30))
+                .expect("watermarks");
+            (p.id(), hi)
+        })
+        .collect()
 }
