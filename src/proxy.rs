@@ -227,9 +227,27 @@ impl Proxy {
         };
         let from = routes.group_cluster(group).to_string();
         if when == SwitchWhen::Now && from != req.to && !self.group_switches.is_live(group) {
-            crate::switch::handoff::check(self, group, &from, &req.to, offsets)
-                .await
-                .map_err(|e| SwitchRefused::Untranslatable(e.to_string()))?;
+            if let Err(e) =
+                crate::switch::handoff::check(self, group, &from, &req.to, offsets).await
+            {
+                // Recorded, so /status says why as well as the API.
+                let now = crate::switch::handoff::now_ms();
+                let _ = self.state.record_group(GroupSwitch {
+                    group: group.to_string(),
+                    from: from.clone(),
+                    to: req.to.clone(),
+                    offsets: offsets.as_str().to_string(),
+                    when: when.as_str().to_string(),
+                    phase: Phase::Failed,
+                    reason: Some(format!("not switched: {e}")),
+                    moves: Vec::new(),
+                    started_at_ms: now,
+                    updated_at_ms: now,
+                });
+                metrics::switch("group", "failed");
+                tracing::warn!(group, to = %req.to, reason = %e, "group switch refused: offsets cannot be translated; the group stays where it is");
+                return Err(SwitchRefused::Untranslatable(e.to_string()));
+            }
         }
         let mut new = (*self.config()).clone();
         new.routes
@@ -257,7 +275,7 @@ impl Proxy {
             });
         let Some(last) = last else {
             return Err(SwitchRefused::Invalid(ConfigErrors(vec![format!(
-                "group `{group}` has no switch to roll back"
+                "group `{group}` has no switch to roll back (its last switch, if any, did not happen)"
             )])));
         };
         let when = self

@@ -24,3 +24,9 @@ fn mirrored_group_switches_with_mm2_offsets() {
     let _serial = harness::serial();
     groups::mirrored_group_switch(env());
 }
+
+#[test]
+fn identity_timestamp_rollback_and_refusal() {
+    let _serial = harness::serial();
+    groups::strategies_and_refusals(env());
+}

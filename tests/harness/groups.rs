@@ -369,3 +369,194 @@ pub fn mirrored_group_switch(env: &TwoClusters) {
     eprintln!("duplicates after the mm2 switch: {dups} (bound 3 x offset.lag.max = 300)");
     assert_consumed(&v, first + second, 300);
 }
+
+fn rdk_group(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    expect: u64,
+    stop: Option<u64>,
+    seen: &Arc<rdk::Seen>,
+) -> Value {
+    let client_id = format!("rdkafka-{group}");
+    rdk::consume_opts(
+        bootstrap,
+        topic,
+        group,
+        1,
+        expect,
+        stop,
+        seen,
+        Duration::from_secs(60),
+        &[("client.id", client_id.as_str())],
+    )
+}
+
+fn moves(switch: &Value) -> Vec<(i64, Option<i64>, i64, String)> {
+    switch["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["old_offset"].as_i64(),
+                p["new_offset"].as_i64().unwrap(),
+                p["method"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 4, done-when 3, 4 and 6: the `identity` and `timestamp` strategies on
+/// cases built for them, a rollback by the command line, and a group whose
+/// offsets cannot be translated.
+///
+/// - `identity`: the same records at the same offsets on both clusters. A group
+///   reads part on the source, switches (CLI, `--offsets identity --now`), reads
+///   more on the target, is rolled back (CLI), and reads the rest on the source:
+///   every record once.
+/// - `timestamp`: the target holds 37 older records, then a timestamp-preserving
+///   copy of the source's. The group resumes there at the copy of its next record
+///   (or a few records before, sharing its millisecond).
+/// - untranslatable: `marks` for a topic whose writes never moved is refused with
+///   409 and the reason, in the API and in `/status`; the group keeps reading on
+///   the source from where it was.
+pub fn strategies_and_refusals(env: &TwoClusters) {
+    let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
+    let bootstrap = proxy.bootstrap.clone();
+    reload(env, "");
+
+    // identity, then rollback by the CLI.
+    const IDENT: &str = "ident";
+    const N: u64 = 2_000;
+    for c in [source, target] {
+        create_topic_direct(c, IDENT, 2);
+        assert_eq!(rdk::produce(&c.bootstrap(), IDENT, N, 10, "id")["acked"], N);
+    }
+    let key = |r: &rdk::Stored| (r.partition, r.offset, r.value.clone());
+    let mut a: Vec<_> = rdk::dump(&source.bootstrap(), IDENT)
+        .iter()
+        .map(key)
+        .collect();
+    let mut b: Vec<_> = rdk::dump(&target.bootstrap(), IDENT)
+        .iter()
+        .map(key)
+        .collect();
+    a.sort();
+    b.sort();
+    assert!(
+        a == b,
+        "the identity case needs the same records at the same offsets"
+    );
+
+    let seen = Arc::new(rdk::Seen::default());
+    rdk_group(&bootstrap, IDENT, "ident-g", N, Some(700), &seen);
+    let (code, out) = proxy.cli(&[
+        "switch",
+        "group",
+        "ident-g",
+        "--to",
+        "target",
+        "--offsets",
+        "identity",
+        "--now",
+    ]);
+    assert_eq!(code, 0, "switch group: {out}");
+    let s = &wait_done(proxy, &["ident-g"], "target", Duration::from_secs(60))[0];
+    eprintln!("identity switch: {s}");
+    let m = moves(s);
+    assert_eq!(m.iter().map(|x| x.1.unwrap()).sum::<i64>(), 700, "{s}");
+    assert!(
+        m.iter().all(|x| x.1 == Some(x.2) && x.3 == "identity"),
+        "{s}"
+    );
+    rdk_group(&bootstrap, IDENT, "ident-g", N, Some(600), &seen);
+    let (code, out) = proxy.cli(&["rollback", "group", "ident-g"]);
+    assert_eq!(code, 0, "rollback group: {out}");
+    let s = &wait_done(proxy, &["ident-g"], "source", Duration::from_secs(60))[0];
+    eprintln!("identity rollback: {s}");
+    assert_eq!(
+        moves(s).iter().map(|x| x.2).sum::<i64>(),
+        1_300,
+        "the group returns to the source where it stood on the target: {s}"
+    );
+    let v = rdk_group(&bootstrap, IDENT, "ident-g", N, None, &seen);
+    assert_consumed(&v, N, 0);
+
+    // timestamp
+    const STAMPED: &str = "stamped";
+    const JUNK: i64 = 37;
+    for c in [source, target] {
+        create_topic_direct(c, STAMPED, 1);
+    }
+    assert_eq!(
+        rdk::produce_to(&source.bootstrap(), &[STAMPED], 1_000, 5, "ts", 500.0)["acked"],
+        1_000
+    );
+    let original = rdk::dump(&source.bootstrap(), STAMPED);
+    let junk: Vec<rdk::Stored> = (0..JUNK)
+        .map(|i| rdk::Stored {
+            partition: 0,
+            offset: i,
+            key: Some("junk".into()),
+            value: format!("junk|{i}"),
+            timestamp: 1_000_000 + i,
+        })
+        .collect();
+    assert_eq!(rdk::copy(&target.bootstrap(), STAMPED, &junk), JUNK as u64);
+    assert_eq!(rdk::copy(&target.bootstrap(), STAMPED, &original), 1_000);
+    let seen = Arc::new(rdk::Seen::default());
+    rdk_group(&bootstrap, STAMPED, "stamp-g", 1_000, Some(400), &seen);
+    let (code, body) = proxy.http_body(
+        "POST",
+        "/switch/group/stamp-g",
+        r#"{"to": "target", "offsets": "timestamp", "when": "now"}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    let s = &wait_done(proxy, &["stamp-g"], "target", Duration::from_secs(60))[0];
+    eprintln!("timestamp switch: {s}");
+    let (_, old, new, method) = moves(s).remove(0);
+    assert_eq!((old, method.as_str()), (Some(400), "timestamp"));
+    let exact = JUNK + 400;
+    let same_ms = original
+        .iter()
+        .filter(|r| r.timestamp == original[400].timestamp && r.offset < 400)
+        .count() as i64;
+    assert_eq!(
+        new,
+        exact - same_ms,
+        "first record at or after the next record's timestamp: {s}"
+    );
+    let v = rdk_group(&bootstrap, STAMPED, "stamp-g", 1_000, None, &seen);
+    eprintln!("timestamp: resumed at {new} (exact copy at {exact}), {same_ms} records share the millisecond");
+    assert_consumed(&v, 1_000, same_ms as u64);
+
+    // Untranslatable: `ident` is still written on the source, so no marks.
+    let seen = Arc::new(rdk::Seen::default());
+    rdk_group(&bootstrap, IDENT, "stuck-g", N, Some(500), &seen);
+    let (code, body) = proxy.http_body(
+        "POST",
+        "/switch/group/stuck-g",
+        r#"{"to": "target", "offsets": "marks", "when": "now"}"#,
+    );
+    eprintln!("refused: {body}");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("writes still go to `source`"), "{body}");
+    let s = switch_of(proxy, "stuck-g").expect("the refusal is in /status");
+    assert_eq!(s["phase"], "failed", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("writes still go to `source`"),
+        "{s}"
+    );
+    let v = rdk_group(&bootstrap, IDENT, "stuck-g", N, None, &seen);
+    assert_consumed(&v, N, 0);
+    let routes = proxy.status()["routes"].to_string();
+    assert!(
+        !routes.contains("stuck-g"),
+        "no route row was added: {routes}"
+    );
+}

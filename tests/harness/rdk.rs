@@ -314,7 +314,9 @@ pub fn consume_opts(
 pub struct Stored {
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<String>,
     pub value: String,
+    pub timestamp: i64,
 }
 
 /// Reads every record of `topic` on the cluster at `bootstrap`, partition by
@@ -365,7 +367,9 @@ pub fn dump(bootstrap: &str, topic: &str) -> Vec<Stored> {
                 out.push(Stored {
                     partition: m.partition(),
                     offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value,
+                    timestamp: m.timestamp().to_millis().unwrap_or(-1),
                 });
                 if m.offset() + 1 >= ends[&m.partition()] {
                     done.insert(m.partition());
@@ -402,4 +406,41 @@ pub fn ends(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
             (p.id(), hi)
         })
         .collect()
+}
+
+/// Writes `records` to `topic` at `bootstrap`, each to its own partition with its
+/// own key and timestamp (a replicator's copy), in order; returns how many were
+/// acknowledged.
+pub fn copy(bootstrap: &str, topic: &str, records: &[Stored]) -> u64 {
+    let delivery = Arc::new(Delivery::default());
+    let producer: BaseProducer<ProduceCtx> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create_with_context(ProduceCtx(delivery.clone()))
+        .expect("rdkafka producer");
+    for r in records {
+        let mut rec = BaseRecord::to(topic)
+            .payload(&r.value)
+            .partition(r.partition)
+            .timestamp(r.timestamp);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        let mut rec = Some(rec);
+        while let Some(one) = rec.take() {
+            if let Err((e, back)) = producer.send(one) {
+                assert_eq!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    "rdkafka send: {e}"
+                );
+                producer.poll(Duration::from_millis(10));
+                rec = Some(back);
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    delivery.acked.load(Ordering::Relaxed)
 }
