@@ -176,7 +176,7 @@ impl Proxy {
             sw.moves.clear();
             pins.insert(sw.group.clone(), sw.from.clone());
             self.group_switches
-                .start(&sw.group, &sw.from, Phase::Waiting);
+                .start(&sw.group, &sw.from, Phase::Waiting, sw.started_at_ms);
             tokio::spawn(crate::switch::handoff::run(self.clone(), sw));
         }
         let mut t = (*table).clone();
@@ -560,7 +560,7 @@ impl Proxy {
         for sw in group_plan.start {
             tracing::info!(group = %sw.group, from = %sw.from, to = %sw.to, offsets = %sw.offsets, when = %sw.when, "group switch started");
             self.group_switches
-                .start(&sw.group, &sw.from, Phase::Waiting);
+                .start(&sw.group, &sw.from, Phase::Waiting, sw.started_at_ms);
             if let Some(me) = self.me.upgrade() {
                 tokio::spawn(crate::switch::handoff::run(me, sw));
             }
@@ -595,8 +595,8 @@ impl Proxy {
         for g in candidates {
             let wanted = new.configured_group_cluster(&g).to_string();
             let current = old.group_cluster(&g).to_string();
-            if self.group_switches.is_live(&g) {
-                let Some(rec) = records.get(&g) else { continue };
+            let running = records.get(&g).filter(|r| !r.phase.finished());
+            if let (true, Some(rec)) = (self.group_switches.is_live(&g), running) {
                 if wanted == rec.to {
                     continue;
                 }

@@ -30,3 +30,9 @@ fn identity_timestamp_rollback_and_refusal() {
     let _serial = harness::serial();
     groups::strategies_and_refusals(env());
 }
+
+#[test]
+fn proxy_killed_at_every_phase_of_a_switch() {
+    let _serial = harness::serial();
+    groups::killed_at_every_phase(env());
+}

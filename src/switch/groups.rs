@@ -25,6 +25,8 @@ pub enum Release {
 /// A switch in progress, as the request path sees it.
 #[derive(Debug)]
 struct Live {
+    /// When the switch started (ms): tells a switch from a later one of the group.
+    started: u64,
     from: String,
     phase: Phase,
     /// The group's assignor is eager: members are asked to rebalance (and so commit
@@ -73,12 +75,14 @@ impl GroupSwitches {
         out
     }
 
-    /// Registers a switch of `group` away from `from`, in `phase`.
-    pub fn start(&self, group: &str, from: &str, phase: Phase) {
+    /// Registers a switch of `group` away from `from`, in `phase`, replacing any
+    /// earlier one of the group.
+    pub fn start(&self, group: &str, from: &str, phase: Phase, started: u64) {
         self.with(|live| {
             live.insert(
                 group.to_string(),
                 Live {
+                    started,
                     from: from.to_string(),
                     phase,
                     eager: false,
@@ -144,11 +148,14 @@ impl GroupSwitches {
         self.with(|live| live.get(group).is_some_and(|l| l.cancel))
     }
 
-    /// Forgets a finished switch, releasing anything still held.
-    pub fn finish(&self, group: &str, how: Release) {
+    /// Forgets a finished switch (the one started at `started`), releasing anything
+    /// still held.
+    pub fn finish(&self, group: &str, started: u64, how: Release) {
         self.with(|live| {
-            if let Some(l) = live.remove(group) {
-                l.release.send_replace(how);
+            if live.get(group).is_some_and(|l| l.started == started) {
+                if let Some(l) = live.remove(group) {
+                    l.release.send_replace(how);
+                }
             }
         });
     }
@@ -270,7 +277,7 @@ mod tests {
     fn holds_follow_the_phases() {
         let s = GroupSwitches::default();
         assert!(!s.busy());
-        s.start("g", "source", Phase::Waiting);
+        s.start("g", "source", Phase::Waiting, 1);
         assert!(s.busy());
         let groups = vec!["g".to_string()];
         assert!(!s.fetch_held(&groups, &key("a")));
@@ -307,14 +314,19 @@ mod tests {
         s.rejoined("g", &key("a"));
         assert!(!s.fetch_held(&groups, &key("a")));
         assert!(s.all_rejoined("g"));
-        s.finish("g", Release::Flipped);
+        s.finish("g", 2, Release::Flipped);
+        assert!(
+            s.busy(),
+            "a later switch of the group is not finished by an earlier one"
+        );
+        s.finish("g", 1, Release::Flipped);
         assert!(!s.busy());
     }
 
     #[test]
     fn positions_keep_the_highest() {
         let s = GroupSwitches::default();
-        s.start("g", "source", Phase::Quiescing);
+        s.start("g", "source", Phase::Quiescing, 1);
         let groups = vec!["g".to_string()];
         s.note_positions(&groups, [("t", 0, 5), ("t", 1, 7)].into_iter());
         s.note_positions(&groups, [("t", 0, 9), ("t", 1, 3)].into_iter());

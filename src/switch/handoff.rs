@@ -81,7 +81,7 @@ impl Driver<'_> {
         self.proxy.group_switches.set_phase(&self.sw.group, phase);
         metrics::switch_phase("group", &self.sw.group, phase);
         tracing::info!(group = %self.sw.group, from = %self.sw.from, to = %self.sw.to, phase = phase.as_str(), "group switch phase");
-        if let Some(pause) = phase_pause() {
+        if let Some(pause) = phase_pause().filter(|_| !phase.finished()) {
             tokio::time::sleep(pause).await;
         }
         Ok(())
@@ -347,10 +347,17 @@ pub async fn run(proxy: Arc<Proxy>, sw: GroupSwitch) {
     } else {
         d.sw.reason = None;
     }
-    let _ = d.enter(phase).await;
-    metrics::switch("group", outcome_label);
-    proxy.group_switches.finish(&group, release);
-    if phase == Phase::Failed {
-        // Stays pinned to where it was; a later route change retries.
+    // A later switch of the group may have replaced this one (a reload pointed it
+    // elsewhere after the flip): its record stays.
+    let superseded = proxy
+        .group_switch_records()
+        .iter()
+        .any(|r| r.group == group && r.started_at_ms != d.sw.started_at_ms);
+    if !superseded {
+        let _ = d.enter(phase).await;
     }
+    metrics::switch("group", outcome_label);
+    proxy
+        .group_switches
+        .finish(&group, d.sw.started_at_ms, release);
 }

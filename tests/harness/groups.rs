@@ -46,11 +46,14 @@ pub fn wait_done(proxy: &Proxy, groups: &[&str], to: &str, timeout: Duration) ->
     }
 }
 
-/// Reloads `proxy` with new routes; the reload must be accepted.
+/// Reloads the proxy with new routes; the reload must be accepted.
 pub fn reload(env: &TwoClusters, routes: &str) {
-    env.proxy
-        .write_routes(&routes_toml(&env.source, &env.target, routes));
-    let (code, body) = env.proxy.http("POST", "/reload");
+    reload_proxy(env, &env.proxy, routes);
+}
+
+fn reload_proxy(env: &TwoClusters, proxy: &Proxy, routes: &str) {
+    proxy.write_routes(&routes_toml(&env.source, &env.target, routes));
+    let (code, body) = proxy.http("POST", "/reload");
     assert_eq!(code, 200, "reload: {body}");
 }
 
@@ -558,5 +561,74 @@ pub fn strategies_and_refusals(env: &TwoClusters) {
     assert!(
         !routes.contains("stuck-g"),
         "no route row was added: {routes}"
+    );
+}
+
+/// Issue 4, done-when 5: the proxy is SIGKILLed at each phase boundary of a group
+/// switch in turn (a test hook pauses 2.5 s after each phase is recorded), and
+/// started again on the same config and state. The switch is driven by the config
+/// file, as an operator would, and alternates direction. Before the flip a
+/// restarted proxy keeps the group on its old cluster and runs the switch again;
+/// from the flip on the group is on the new one. Between kills the group reads 800
+/// records; in the end it has read every record once.
+pub fn killed_at_every_phase(env: &TwoClusters) {
+    let (source, target) = (&env.source, &env.target);
+    let mut ids: Vec<i32> = source.broker_ids();
+    ids.extend(
+        target
+            .broker_ids()
+            .iter()
+            .map(|i| i + super::migration::TARGET_OFFSET),
+    );
+    let proxy = Proxy::start_env(
+        "groups-kill-proxy",
+        &routes_toml(source, target, ""),
+        &ids,
+        &[("SWITCHYARD_TEST_PHASE_PAUSE_MS", "2500".into())],
+    );
+    const KILLED: &str = "killed";
+    const N: u64 = 6_000;
+    for c in [source, target] {
+        create_topic_direct(c, KILLED, 2);
+        assert_eq!(rdk::produce(&c.bootstrap(), KILLED, N, 10, "k")["acked"], N);
+    }
+    let seen = Arc::new(rdk::Seen::default());
+    let mut at = "source";
+    for phase in ["quiescing", "leaving", "translated", "committed", "flipped"] {
+        let v = rdk_group(&proxy.bootstrap, KILLED, "kill-g", N, Some(800), &seen);
+        assert_eq!(v["consumed"], 800, "{v}");
+        assert_eq!(v["duplicates"], 0, "{v}");
+        let to = if at == "source" { "target" } else { "source" };
+        reload_proxy(
+            env,
+            &proxy,
+            &format!("[routes.groups.\"kill-g\"]\ncluster = \"{to}\"\noffsets = \"identity\"\nwhen = \"now\"\n"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = switch_of(&proxy, "kill-g");
+            if s.as_ref()
+                .is_some_and(|s| s["to"] == to && s["phase"] == phase)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never saw phase {phase}: {s:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proxy.kill_and_restart();
+        let s = &wait_done(&proxy, &["kill-g"], to, Duration::from_secs(90))[0];
+        eprintln!("killed at {phase}, after restart: {s}");
+        at = to;
+    }
+    let v = rdk_group(&proxy.bootstrap, KILLED, "kill-g", N, None, &seen);
+    assert_consumed(&v, N, 0);
+    let log = proxy.log_text();
+    assert!(
+        log.contains("resuming group switch from the start"),
+        "a restart resumed a switch"
+    );
+    assert!(
+        log.contains("had flipped before the restart"),
+        "a restart found a flipped switch"
     );
 }

@@ -626,6 +626,8 @@ pub struct Proxy {
     pub port_base: u16,
     /// The config before the `[clusters]`/`[routes]` part (ports, state dir).
     header: String,
+    envs: Vec<(&'static str, String)>,
+    broker_ids: Vec<i32>,
     child: Mutex<Option<Child>>,
 }
 
@@ -633,6 +635,16 @@ impl Proxy {
     /// Starts the proxy with a config whose `[clusters]` and `[routes]` sections are
     /// `clusters_toml`; listener and admin ports are picked here.
     pub fn start(name: &str, clusters_toml: &str, broker_ids: &[i32]) -> Proxy {
+        Self::start_env(name, clusters_toml, broker_ids, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment for the proxy process.
+    pub fn start_env(
+        name: &str,
+        clusters_toml: &str,
+        broker_ids: &[i32],
+        extra_env: &[(&'static str, String)],
+    ) -> Proxy {
         let dir = scratch(name);
         // Virtual broker ports take base+offset..base+offset+999 per cluster; the
         // bootstrap port must lie outside them (the config check rejects it).
@@ -649,16 +661,8 @@ impl Proxy {
         let config_path = dir.join("switchyard.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join("switchyard.log");
-        let child = spawn_guarded(
-            env!("CARGO_BIN_EXE_switchyard"),
-            &[
-                "run".into(),
-                "--config".into(),
-                config_path.display().to_string(),
-            ],
-            &log,
-            &[("SWITCHYARD_LOG", "info,switchyard=debug".into())],
-        );
+        let mut envs = vec![("SWITCHYARD_LOG", "info,switchyard=debug".to_string())];
+        envs.extend(extra_env.iter().cloned());
         let proxy = Proxy {
             bootstrap: format!("127.0.0.1:{bind_port}"),
             admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
@@ -666,17 +670,51 @@ impl Proxy {
             log,
             port_base,
             header,
-            child: Mutex::new(Some(child)),
+            envs,
+            broker_ids: broker_ids.to_vec(),
+            child: Mutex::new(None),
         };
+        proxy.spawn();
+        proxy
+    }
+
+    fn spawn(&self) {
+        let child = spawn_guarded(
+            env!("CARGO_BIN_EXE_switchyard"),
+            &[
+                "run".into(),
+                "--config".into(),
+                self.config_path.display().to_string(),
+            ],
+            &self.log,
+            &self
+                .envs
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<Vec<_>>(),
+        );
+        *self.child.lock().unwrap() = Some(child);
+        let bind_port: u16 = self.bootstrap.rsplit(':').next().unwrap().parse().unwrap();
         wait_port(bind_port, Duration::from_secs(60), "switchyard bootstrap");
-        for id in broker_ids {
+        wait_port(
+            self.admin.port(),
+            Duration::from_secs(60),
+            "switchyard admin",
+        );
+        for id in &self.broker_ids {
             wait_port(
-                port_base + *id as u16,
+                self.port_base + *id as u16,
                 Duration::from_secs(60),
                 "switchyard broker listener",
             );
         }
-        proxy
+    }
+
+    /// SIGKILLs the proxy (its guard kills it with SIGKILL) and starts it again with
+    /// the same config file and state directory.
+    pub fn kill_and_restart(&self) {
+        self.stop();
+        self.spawn();
     }
 
     /// Rewrites the config file with new `[clusters]`/`[routes]` sections (the
