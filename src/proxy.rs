@@ -362,6 +362,10 @@ impl Proxy {
             advertised_host: config.listener.advertised_host.clone(),
             broker_port_base: config.listener.broker_port_base,
             cluster_id: config.proxy.cluster_id.clone(),
+            sni_pattern: (config.listener.mode == crate::config::ListenerMode::Sni)
+                .then(|| config.listener.sni_pattern.clone())
+                .flatten(),
+            listener_port: config.listener.bind.port(),
         }
     }
 

@@ -2,12 +2,14 @@
 //!
 //! A producer-first migration with a rollback, on this machine: a Kafka 2.4.1
 //! source cluster, a Kafka 3.9 target cluster, Switchyard in front of both, a live
-//! producer and a consumer group through it. The topic `orders` has its writes
-//! flipped to the target by editing the config file, then rolled back with
-//! `switchyard rollback topic orders`, while the clients run untouched. At the end
-//! both clusters are read directly and the demo prints what landed where and what
-//! was lost (nothing: the run fails otherwise). Everything it starts is stopped when
-//! it ends.
+//! producer and a consumer group through it. One config edit moves the writes of
+//! `orders` to the target and points the group there: the group drains the source
+//! and switches by itself, resuming at the first record written to the target.
+//! Then both are rolled back with the CLI (`switchyard rollback topic orders`,
+//! `switchyard rollback group demo-readers`), the clients running untouched. At the
+//! end both clusters are read directly and the demo prints what landed where, what
+//! was lost and what the group read twice (nothing: the run fails otherwise).
+//! Everything it starts is stopped when it ends.
 
 mod harness;
 
@@ -16,11 +18,53 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::migration::{create_topic_direct, routes_toml, TwoClusters};
-use harness::rdk;
+use harness::{groups, rdk, Proxy};
 
 const RECORDS: u64 = 20_000;
-const RATE: f64 = 1_000.0;
+const RATE: f64 = 800.0;
 const KEYS: u64 = 50;
+const GROUP: &str = "demo-readers";
+
+/// Prints the group switch's phases as they happen until it is done.
+fn follow_switch(proxy: &Proxy, to: &str, t0: Instant) {
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = groups::switch_of(proxy, GROUP).unwrap_or_default();
+        let line = match s["reason"].as_str() {
+            Some(r) if s["phase"] == "waiting" => format!("waiting ({r})"),
+            _ => s["phase"].as_str().unwrap_or("").to_string(),
+        };
+        if s["to"] == to && line != last {
+            println!(
+                "[{:>4.1}s]   group {GROUP}: {line}",
+                t0.elapsed().as_secs_f64()
+            );
+            last = line;
+        }
+        if s["to"] == to && s["phase"] == "done" {
+            let parts: Vec<String> = s["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{}:{}->{}",
+                        p["partition"], p["old_offset"], p["new_offset"]
+                    )
+                })
+                .collect();
+            println!(
+                "          committed offsets moved (partition:old->new, by marks): {}",
+                parts.join(" ")
+            );
+            return;
+        }
+        assert!(s["phase"] != "failed", "switch failed: {s}");
+        assert!(Instant::now() < deadline, "switch not done: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 fn main() {
     let started = Instant::now();
@@ -34,39 +78,36 @@ fn main() {
         "  switchyard {} (admin http://{}); clients know only this address",
         proxy.bootstrap, proxy.admin
     );
-    for t in ["orders", "payments"] {
-        create_topic_direct(&env.source, t, 6);
-        create_topic_direct(&env.target, t, 6);
-    }
+    create_topic_direct(&env.source, "orders", 6);
+    create_topic_direct(&env.target, "orders", 6);
 
     println!(
         "\nLive traffic through Switchyard: a librdkafka producer (idempotent, acks=all) writes\n\
-         {RECORDS} records to `orders` and `payments` at {RATE} records/s, and the consumer group\n\
-         `demo-readers` reads both. Neither is restarted or reconfigured during the demo."
+         {RECORDS} records to `orders` at {RATE} records/s, and the consumer group `{GROUP}`\n\
+         (2 members) reads it. Neither is restarted or reconfigured during the demo."
     );
     let bootstrap = proxy.bootstrap.clone();
     let seen = Arc::new(rdk::Seen::default());
     let consumer = {
         let (b, seen) = (bootstrap.clone(), seen.clone());
         std::thread::spawn(move || {
-            rdk::consume(
+            rdk::consume_opts(
                 &b,
-                "orders,payments",
-                "demo-readers",
+                "orders",
+                GROUP,
                 2,
-                u64::MAX,
+                RECORDS,
                 None,
                 &seen,
-                Duration::from_secs(30),
+                Duration::from_secs(90),
+                &[("client.id", "demo-readers")],
             )
         })
     };
     let t0 = Instant::now();
     let producer = {
         let b = bootstrap.clone();
-        std::thread::spawn(move || {
-            rdk::produce_to(&b, &["orders", "payments"], RECORDS, KEYS, "order", RATE)
-        })
+        std::thread::spawn(move || rdk::produce_to(&b, &["orders"], RECORDS, KEYS, "order", RATE))
     };
     let at = |secs: u64| {
         if let Some(d) = (t0 + Duration::from_secs(secs)).checked_duration_since(Instant::now()) {
@@ -74,37 +115,45 @@ fn main() {
         }
     };
 
-    at(6);
+    at(5);
     println!(
-        "\n[{:>4.1}s] Edit the config: [routes.topics.\"orders\"] produce = \"target\"; POST /reload",
+        "\n[{:>4.1}s] Edit the config and POST /reload:\n\
+         \x20         [routes.topics.\"orders\"]      produce = \"target\", consume = \"target\"\n\
+         \x20         [routes.groups.\"{GROUP}\"] cluster = \"target\", offsets = \"marks\", when = \"drained\"",
         t0.elapsed().as_secs_f64()
     );
     proxy.write_routes(&routes_toml(
         &env.source,
         &env.target,
-        "[routes.topics.\"orders\"]\nproduce = \"target\"\nconsume = \"source\"\n",
+        &format!(
+            "[routes.topics.\"orders\"]\nproduce = \"target\"\nconsume = \"target\"\n\n\
+             [routes.groups.\"{GROUP}\"]\ncluster = \"target\"\noffsets = \"marks\"\nwhen = \"drained\"\n"
+        ),
     ));
     let (code, body) = proxy.http("POST", "/reload");
     assert_eq!(code, 200, "reload: {body}");
     let status = proxy.status();
-    println!("        route version {}", status["route_version"]);
+    println!("          route version {}", status["route_version"]);
     for m in status["marks"].as_array().into_iter().flatten() {
         println!(
-            "        switch mark: `{}` on {} starts at end offsets {}",
+            "          switch mark: `{}` on {} starts at end offsets {}",
             m["topic"].as_str().unwrap_or(""),
             m["cluster"].as_str().unwrap_or(""),
             m["partitions"]
         );
     }
+    follow_switch(proxy, "target", t0);
 
-    at(13);
+    at(16);
     println!(
-        "[{:>4.1}s] Roll back: switchyard rollback topic orders",
+        "\n[{:>4.1}s] Roll back both: switchyard rollback topic orders; switchyard rollback group {GROUP}",
         t0.elapsed().as_secs_f64()
     );
     let (code, out) = proxy.cli(&["rollback", "topic", "orders"]);
     assert_eq!(code, 0, "rollback: {out}");
-    println!("        orders produce -> source again");
+    let (code, out) = proxy.cli(&["rollback", "group", GROUP]);
+    assert_eq!(code, 0, "rollback: {out}");
+    follow_switch(proxy, "source", t0);
 
     let produced = producer.join().unwrap();
     println!(
@@ -118,7 +167,7 @@ fn main() {
     println!("\nWhat landed where (each cluster read directly, not through Switchyard):");
     let mut place: HashMap<String, Vec<(&str, &str)>> = HashMap::new();
     for (cname, cluster) in [("source", &env.source), ("target", &env.target)] {
-        for topic in ["orders", "payments"] {
+        for topic in ["orders"] {
             let recs = rdk::dump(&cluster.bootstrap(), topic);
             println!("  {topic:<9} on {cname}: {:>6} records", recs.len());
             for r in recs {
@@ -136,16 +185,9 @@ fn main() {
             Some(_) => twice += 1,
         }
     }
-    let on_source: HashSet<&String> = place
-        .iter()
-        .filter(|(_, p)| p[0].0 == "source")
-        .map(|(v, _)| v)
-        .collect();
+    let stored: HashSet<&String> = place.keys().collect();
     let seen = seen.values();
-    let unread = on_source
-        .iter()
-        .filter(|v| !seen.contains(v.as_str()))
-        .count();
+    let unread = stored.iter().filter(|v| !seen.contains(v.as_str())).count();
 
     println!("\nResult:");
     println!("  acknowledged by Kafka    {}", produced["acked"]);
@@ -153,9 +195,10 @@ fn main() {
     println!("  written twice            {twice}");
     println!("  lost                     {lost}");
     println!(
-        "  consumer group read      {} of the {} records on the source, {} per-key order violations",
-        on_source.len() - unread,
-        on_source.len(),
+        "  consumer group read      {} of the {} records, {} twice, {} per-key order violations",
+        stored.len() - unread,
+        stored.len(),
+        consumed["duplicates"],
         consumed["order_violations"]
     );
     println!("  took                     {:.1?}", started.elapsed());
@@ -164,6 +207,7 @@ fn main() {
         && lost == 0
         && twice == 0
         && unread == 0
+        && consumed["duplicates"].as_u64() == Some(0)
         && consumed["order_violations"].as_u64() == Some(0);
     if ok {
         println!("\nNothing was lost, nothing was written twice, and no client was restarted.");

@@ -93,6 +93,7 @@ pub fn status_json(proxy: &Proxy) -> Value {
                     .and_then(|r| r.get(&(api as i16)).map(|(min, max)| json!([min, max])))
             };
             use kafka_protocol::messages::ApiKey;
+            let map = proxy.virtual_map(c);
             json!({
                 "name": c.name(),
                 "reachable": c.reachable(),
@@ -105,8 +106,7 @@ pub fn status_json(proxy: &Proxy) -> Value {
                     "id": b.id,
                     "virtual_id": b.id + c.config.node_id_offset,
                     "upstream": b.addr(),
-                    "advertised": format!("{}:{}", config.listener.advertised_host,
-                        config.listener.broker_port_base as i32 + b.id + c.config.node_id_offset),
+                    "advertised": format!("{}:{}", map.host(map.to_virtual(b.id)), map.port(map.to_virtual(b.id))),
                 })).collect::<Vec<_>>(),
                 "version_range": {
                     "Produce": version_of(ApiKey::Produce),

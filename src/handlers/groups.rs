@@ -16,17 +16,16 @@ pub fn rewrite_find_coordinator(
     version: i16,
     map: &VirtualMap,
 ) {
-    let host = StrBytes::from_string(map.advertised_host.clone());
     // v4+ has only the batched list; the single-key fields must stay at defaults.
     if version < 4 && resp.node_id.0 >= 0 {
         resp.node_id.0 = map.to_virtual(resp.node_id.0);
-        resp.host = host.clone();
+        resp.host = StrBytes::from_string(map.host(resp.node_id.0));
         resp.port = map.port(resp.node_id.0);
     }
     for c in &mut resp.coordinators {
         if c.node_id.0 >= 0 {
             c.node_id.0 = map.to_virtual(c.node_id.0);
-            c.host = host.clone();
+            c.host = StrBytes::from_string(map.host(c.node_id.0));
             c.port = map.port(c.node_id.0);
         }
     }

@@ -19,10 +19,9 @@ fn map_ids(ids: &mut [BrokerId], map: &VirtualMap) {
 
 /// Rewrites a Metadata response in place.
 pub fn rewrite_metadata(resp: &mut MetadataResponse, map: &VirtualMap) {
-    let host = StrBytes::from_string(map.advertised_host.clone());
     for b in &mut resp.brokers {
         b.node_id.0 = map.to_virtual(b.node_id.0);
-        b.host = host.clone();
+        b.host = StrBytes::from_string(map.host(b.node_id.0));
         b.port = map.port(b.node_id.0);
     }
     resp.controller_id.0 = map.to_virtual(resp.controller_id.0);
@@ -51,10 +50,9 @@ pub fn rewrite_metadata_frame(
 
 /// Rewrites a DescribeCluster response in place.
 pub fn rewrite_describe_cluster(resp: &mut DescribeClusterResponse, map: &VirtualMap) {
-    let host = StrBytes::from_string(map.advertised_host.clone());
     for b in &mut resp.brokers {
         b.broker_id.0 = map.to_virtual(b.broker_id.0);
-        b.host = host.clone();
+        b.host = StrBytes::from_string(map.host(b.broker_id.0));
         b.port = map.port(b.broker_id.0);
     }
     resp.controller_id.0 = map.to_virtual(resp.controller_id.0);

@@ -28,6 +28,10 @@ pub struct VirtualMap {
     pub advertised_host: String,
     pub broker_port_base: u16,
     pub cluster_id: String,
+    /// SNI mode: every broker is advertised as this pattern with `{node}` replaced
+    /// by its virtual id, on the one listener port.
+    pub sni_pattern: Option<String>,
+    pub listener_port: u16,
 }
 
 impl VirtualMap {
@@ -47,8 +51,38 @@ impl VirtualMap {
 
     /// The port a virtual broker is advertised at.
     pub fn port(&self, virtual_id: i32) -> i32 {
-        self.broker_port_base as i32 + virtual_id
+        match self.sni_pattern {
+            Some(_) => self.listener_port as i32,
+            None => self.broker_port_base as i32 + virtual_id,
+        }
     }
+
+    /// The host a virtual broker is advertised at.
+    pub fn host(&self, virtual_id: i32) -> String {
+        match &self.sni_pattern {
+            Some(p) => sni_name(p, virtual_id),
+            None => self.advertised_host.clone(),
+        }
+    }
+}
+
+/// The SNI name of virtual broker `node` under `pattern` (`b{node}.kafka.example.com`).
+pub fn sni_name(pattern: &str, node: i32) -> String {
+    pattern.replace("{node}", &node.to_string())
+}
+
+/// The virtual broker an SNI name asks for under `pattern`, if it names one.
+/// DNS names compare without case.
+pub fn sni_node(pattern: &str, name: &str) -> Option<i32> {
+    let (prefix, suffix) = pattern.split_once("{node}")?;
+    let name = name.to_ascii_lowercase();
+    let middle = name
+        .strip_prefix(&prefix.to_ascii_lowercase())?
+        .strip_suffix(&suffix.to_ascii_lowercase())?;
+    if middle.is_empty() || !middle.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    middle.parse().ok()
 }
 
 /// The APIs Switchyard handles, with the highest version it handles correctly.
@@ -317,5 +351,31 @@ pub(crate) fn test_map() -> VirtualMap {
         advertised_host: "proxy.local".into(),
         broker_port_base: 9100,
         cluster_id: "switchyard".into(),
+        sni_pattern: None,
+        listener_port: 9092,
+    }
+}
+
+#[cfg(test)]
+mod sni_tests {
+    use super::*;
+
+    #[test]
+    fn sni_names_round_trip() {
+        let p = "b{node}.kafka.example.com";
+        assert_eq!(sni_name(p, 1002), "b1002.kafka.example.com");
+        assert_eq!(sni_node(p, "b1002.kafka.example.com"), Some(1002));
+        assert_eq!(sni_node(p, "B7.Kafka.Example.COM"), Some(7));
+        assert_eq!(sni_node(p, "bootstrap.kafka.example.com"), None);
+        assert_eq!(sni_node(p, "b.kafka.example.com"), None);
+        assert_eq!(sni_node(p, "b-1.kafka.example.com"), None);
+        let mut m = test_map();
+        m.sni_pattern = Some(p.into());
+        assert_eq!(
+            (m.host(1001), m.port(1001)),
+            ("b1001.kafka.example.com".into(), 9092)
+        );
+        m.sni_pattern = None;
+        assert_eq!((m.host(1001), m.port(1001)), ("proxy.local".into(), 10101));
     }
 }

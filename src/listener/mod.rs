@@ -1,5 +1,6 @@
 //! Accept loops: the bootstrap listener and, in port mode, one listener per virtual
-//! broker (`broker_port_base + virtual id`, DESIGN.md decision 1). Listeners for new
+//! broker (`broker_port_base + virtual id`, DESIGN.md decision 1). In SNI mode the
+//! bootstrap listener serves every virtual broker, chosen by the TLS SNI name. Listeners for new
 //! brokers are opened as the clusters report them. Accepting never waits on a
 //! client: each socket is handed to its own task at once, under a connection limit.
 
@@ -17,6 +18,21 @@ use crate::proxy::Proxy;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SNI mode: the virtual broker the client named in its TLS handshake; any other
+/// name (or none) is the bootstrap.
+fn sni_target(proxy: &Proxy, server_name: Option<&str>, target: Target) -> Target {
+    let config = proxy.config();
+    let (crate::config::ListenerMode::Sni, Some(pattern)) =
+        (config.listener.mode, config.listener.sni_pattern.as_deref())
+    else {
+        return target;
+    };
+    match server_name.and_then(|n| crate::handlers::sni_node(pattern, n)) {
+        Some(virtual_id) => Target::Broker { virtual_id },
+        None => target,
+    }
+}
 
 pub struct Listeners {
     proxy: Arc<Proxy>,
@@ -48,9 +64,13 @@ impl Listeners {
         Ok(local)
     }
 
-    /// Opens a listener for every known broker of every cluster that lacks one.
+    /// Opens a listener for every known broker of every cluster that lacks one (port
+    /// mode; in SNI mode every broker is reached through the bootstrap port).
     pub async fn ensure_broker_listeners(self: &Arc<Self>) {
         let config = self.proxy.config();
+        if config.listener.mode == crate::config::ListenerMode::Sni {
+            return;
+        }
         let ip = config.listener.bind.ip();
         let base = config.listener.broker_port_base as i32;
         let mut bound = self.bound.lock().await;
@@ -146,6 +166,7 @@ impl Listeners {
                                     if let Some(p) = &principal {
                                         tracing::debug!(%peer, principal = %p, "client certificate accepted");
                                     }
+                                    let target = sni_target(&proxy, tls.get_ref().1.server_name(), target);
                                     connection::serve(
                                         proxy, tls, peer, name, target, shutdown, principal,
                                     )

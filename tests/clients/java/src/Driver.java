@@ -53,6 +53,7 @@ import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.OffsetSpec;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.ConsumerRebalanceListener;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -416,12 +417,44 @@ public final class Driver {
             p.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG, assignor);
             a.applyProps(p);
 
+            final AtomicReference<Map<TopicPartition, OffsetAndMetadata>> pendingRef = new AtomicReference<>();
             Thread t = new Thread(() -> {
                 KafkaConsumer<String, String> c = null;
                 try {
                     c = new KafkaConsumer<>(p);
                     consumers.add(c);
-                    c.subscribe(Arrays.asList(topic.split(",")));
+                    // Commit-on-revoke, as careful applications do: offsets whose
+                    // commit failed (e.g. during a cooperative rebalance) are
+                    // committed when their partitions are revoked; lost ones are
+                    // dropped (their new owner reads them again).
+                    final KafkaConsumer<String, String> cc = c;
+                    final Map<TopicPartition, OffsetAndMetadata> pending = new HashMap<>();
+                    pendingRef.set(pending);
+                    c.subscribe(Arrays.asList(topic.split(",")), new ConsumerRebalanceListener() {
+                        @Override
+                        public void onPartitionsRevoked(java.util.Collection<TopicPartition> parts) {
+                            Map<TopicPartition, OffsetAndMetadata> mine = new HashMap<>();
+                            for (TopicPartition tp : parts) {
+                                OffsetAndMetadata o = pending.remove(tp);
+                                if (o != null) mine.put(tp, o);
+                            }
+                            if (mine.isEmpty()) return;
+                            try {
+                                cc.commitSync(mine, Duration.ofSeconds(10));
+                            } catch (RuntimeException e) {
+                                errors.incrementAndGet();
+                                firstError.offer(e);
+                            }
+                        }
+
+                        @Override
+                        public void onPartitionsAssigned(java.util.Collection<TopicPartition> parts) {}
+
+                        @Override
+                        public void onPartitionsLost(java.util.Collection<TopicPartition> parts) {
+                            for (TopicPartition tp : parts) pending.remove(tp);
+                        }
+                    });
                     while (!stop.get() && !ledger.done()) {
                         if (System.nanoTime() > deadline) break;
                         ConsumerRecords<String, String> batch;
@@ -441,8 +474,13 @@ public final class Driver {
                         Map<TopicPartition, OffsetAndMetadata> offsets =
                                 ledger.process(batch, perMember[idx], firstError);
                         if (offsets.isEmpty()) continue;
+                        Map<TopicPartition, OffsetAndMetadata> uncommitted = pendingRef.get();
+                        uncommitted.putAll(offsets);
                         try {
                             c.commitSync(offsets, Duration.ofMillis(boundedMs(deadline, 30000, 5000)));
+                            for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offsets.entrySet()) {
+                                uncommitted.remove(e.getKey(), e.getValue());
+                            }
                         } catch (WakeupException w) {
                             break;
                         } catch (RuntimeException e) {
