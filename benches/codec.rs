@@ -52,6 +52,8 @@ fn benches(c: &mut Criterion) {
         advertised_host: "proxy".into(),
         broker_port_base: 9100,
         cluster_id: "switchyard".into(),
+        sni_pattern: None,
+        listener_port: 9092,
     };
     let frame = codec::encode_response(ApiKey::Metadata, 9, 1, &metadata_response()).unwrap();
     c.bench_function("metadata rewrite, 50 topics x 12 partitions", |b| {

@@ -43,3 +43,17 @@ fn wrong_passwords_and_unknown_users_fail_cleanly() {
     let _serial = harness::serial();
     security::sasl_failures(env());
 }
+
+#[test]
+fn sni_mode_serves_every_broker_on_one_port() {
+    let _serial = harness::serial();
+    security::sni_mode(env());
+}
+
+/// The clients of `sni_mode_serves_every_broker_on_one_port`, which runs this test
+/// in a child process with the SNI names in a private /etc/hosts.
+#[test]
+#[ignore = "run by sni_mode_serves_every_broker_on_one_port in a mount namespace"]
+fn sni_clients_in_a_namespace() {
+    security::sni_clients();
+}

@@ -29,7 +29,14 @@ fn sni_target(proxy: &Proxy, server_name: Option<&str>, target: Target) -> Targe
         return target;
     };
     match server_name.and_then(|n| crate::handlers::sni_node(pattern, n)) {
-        Some(virtual_id) => Target::Broker { virtual_id },
+        Some(virtual_id) => {
+            tracing::debug!(
+                sni = server_name.unwrap_or(""),
+                virtual_id,
+                "SNI name routed to a virtual broker"
+            );
+            Target::Broker { virtual_id }
+        }
         None => target,
     }
 }

@@ -610,3 +610,214 @@ pub fn sasl_failures(env: &TlsEnv) {
         );
     }
 }
+
+const SNI_TOPICS: [&str; 2] = ["sni-secure", "sni-legacy"];
+
+/// SNI mode (one port for every virtual broker): a proxy in front of the TLS-only
+/// 3.9 cluster (virtual brokers from 0) and the SCRAM-only 2.4.1 cluster (virtual
+/// brokers from 1000), advertising `b{node}.kafka.local` on its one port. The clients run in a
+/// child process inside a private mount namespace whose /etc/hosts names
+/// `bootstrap.kafka.local` and every `b{node}.kafka.local` (so the machine's own
+/// resolver is left alone): Java and librdkafka produce and consume a topic on each
+/// cluster through `bootstrap.kafka.local`, verifying the server certificate's
+/// name as they do by default.
+pub fn sni_mode(env: &TlsEnv) {
+    create_topic_on(&env.cluster, SNI_TOPICS[0]);
+    create_topic_on(&env.scram_cluster, SNI_TOPICS[1]);
+    let list = |c: &Cluster| {
+        c.bootstrap_list()
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (_, password_file) = env.scram_cluster.scram.clone().unwrap();
+    let toml = format!(
+        "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         [clusters.secure]\nbootstrap = [{}]\ntls = {{ ca = \"{}\" }}\n\n\
+         [clusters.legacy]\nbootstrap = [{}]\nnode_id_offset = 1000\n\
+         sasl = {{ mechanism = \"SCRAM-SHA-512\", username = \"admin\", password_file = \"{}\" }}\n\n\
+         [routes]\ndefault_cluster = \"secure\"\n\n\
+         [routes.topics.\"{}\"]\nproduce = \"legacy\"\nconsume = \"legacy\"\n\n\
+         [routes.groups.\"^{}-.*\"]\ncluster = \"legacy\"\n",
+        env.certs.join("server.crt").display(),
+        env.certs.join("server.key").display(),
+        list(&env.cluster),
+        env.certs.join("ca.crt").display(),
+        list(&env.scram_cluster),
+        password_file.display(),
+        SNI_TOPICS[1],
+        SNI_TOPICS[1],
+    );
+    let proxy = Proxy::start_env(
+        "security-sni-proxy",
+        &toml,
+        &[],
+        &[
+            ("SWITCHYARD__LISTENER__MODE", "sni".into()),
+            (
+                "SWITCHYARD__LISTENER__SNI_PATTERN",
+                "b{node}.kafka.local".into(),
+            ),
+        ],
+    );
+    let port = proxy.bootstrap.rsplit(':').next().unwrap().to_string();
+    let mut names: Vec<String> = env
+        .cluster
+        .broker_ids()
+        .iter()
+        .chain(
+            env.scram_cluster
+                .broker_ids()
+                .iter()
+                .map(|i| i + 1000)
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(|id| format!("b{id}.kafka.local"))
+        .collect();
+    let hosts = scratch("security-sni-hosts").join("hosts");
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.push_str(&format!(
+        "\n127.0.0.1 bootstrap.kafka.local {}\n",
+        names.join(" ")
+    ));
+    std::fs::write(&hosts, text).unwrap();
+
+    // Root may unshare a mount namespace; anyone else maps themselves to root in a
+    // user namespace first.
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .arg(if root { "-m" } else { "-rm" })
+        .args(["sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+        .arg(&hosts)
+        .arg(&exe)
+        .args([
+            "--exact",
+            "sni_clients_in_a_namespace",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "SWITCHYARD_SNI_BOOTSTRAP",
+            format!("bootstrap.kafka.local:{port}"),
+        )
+        .env("SWITCHYARD_SNI_CA", env.certs.join("ca.crt"))
+        .output()
+        .expect("unshare (util-linux) runs the clients");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "SNI clients failed: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "the client test ran: {stdout}");
+
+    let log = proxy.log_text();
+    assert!(
+        !log.contains("virtual broker listener bound"),
+        "SNI mode opens no per-broker ports"
+    );
+    for name in names.drain(..) {
+        assert!(
+            log.contains(&format!("sni=\"{name}\"")) || log.contains(&format!("sni={name}")),
+            "{name} was routed by SNI"
+        );
+    }
+    let metrics = proxy.metrics();
+    let listeners: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_connections_total{"))
+        .collect();
+    assert!(
+        listeners
+            .iter()
+            .all(|l| l.contains("listener=\"bootstrap\"")),
+        "every connection came in on the one port: {listeners:?}"
+    );
+}
+
+/// The client half of [`sni_mode`], run in the child process.
+pub fn sni_clients() {
+    let bootstrap = std::env::var("SWITCHYARD_SNI_BOOTSTRAP")
+        .expect("run by sni_mode, inside a mount namespace with the SNI names in /etc/hosts");
+    let ca = std::env::var("SWITCHYARD_SNI_CA").unwrap();
+    const N: u64 = 3_000;
+    let java_props: Vec<String> = [
+        "security.protocol=SSL".to_string(),
+        "ssl.truststore.type=PEM".to_string(),
+        format!("ssl.truststore.location={ca}"),
+    ]
+    .into_iter()
+    .flat_map(|p| ["--prop".to_string(), p])
+    .collect();
+    let rdk_props = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+    ];
+    for topic in SNI_TOPICS {
+        let p = java(with(
+            &[
+                "produce",
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                "3000",
+                "--keys",
+                "10",
+                "--key-prefix",
+                "java",
+            ],
+            &java_props,
+        ));
+        super::assert_produced(&p, N);
+        let r = rdk::produce_opts(&bootstrap, &[topic], N, 10, "rdk", 0.0, &rdk_props);
+        super::assert_produced(&r, N);
+        let group = format!("{topic}-java");
+        let c = java(with(
+            &[
+                "consume",
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                &group,
+                "--members",
+                "2",
+                "--expect",
+                "6000",
+                "--timeout-s",
+                "90",
+            ],
+            &java_props,
+        ));
+        super::assert_consumed(&c, 2 * N, 0);
+        let seen = Arc::new(rdk::Seen::default());
+        let r = rdk::consume_opts(
+            &bootstrap,
+            topic,
+            &format!("{topic}-rdk"),
+            2,
+            2 * N,
+            None,
+            &seen,
+            Duration::from_secs(90),
+            &rdk_props,
+        );
+        super::assert_consumed(&r, 2 * N, 0);
+        eprintln!(
+            "SNI: {topic}: Java and librdkafka produced {N} each and consumed {} each",
+            2 * N
+        );
+    }
+}
