@@ -32,7 +32,7 @@ fn follow_switch(proxy: &Proxy, to: &str, t0: Instant) {
     loop {
         let s = groups::switch_of(proxy, GROUP).unwrap_or_default();
         let line = match s["reason"].as_str() {
-            Some(r) if s["phase"] == "waiting" => format!("waiting ({r})"),
+            Some(r) if s["phase"] == "waiting" => r.to_string(),
             _ => s["phase"].as_str().unwrap_or("").to_string(),
         };
         if s["to"] == to && line != last {
