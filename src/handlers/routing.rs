@@ -429,15 +429,8 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
 /// physical → logical names on `cluster` for exact rows with a rename there.
 fn reverse_renames(routes: &RouteTable, cluster: &str) -> HashMap<TopicName, TopicName> {
     routes
-        .topics()
-        .iter()
-        .filter_map(|t| match &t.matcher {
-            crate::config::Matcher::Exact(logical) => t
-                .rename
-                .get(cluster)
-                .map(|p| (topic_name(p), topic_name(logical))),
-            crate::config::Matcher::Regex(_) => None,
-        })
+        .renamed_on(cluster)
+        .map(|(p, l)| (topic_name(p), topic_name(l)))
         .collect()
 }
 

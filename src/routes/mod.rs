@@ -97,6 +97,17 @@ impl RouteTable {
         }
     }
 
+    /// (physical, logical) names of the exact rows renamed on `cluster`.
+    pub fn renamed_on<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.topics.iter().filter_map(move |t| match &t.matcher {
+            Matcher::Exact(logical) => t
+                .rename
+                .get(cluster)
+                .map(|p| (p.as_str(), logical.as_str())),
+            Matcher::Regex(_) => None,
+        })
+    }
+
     /// Rows, for `/status`.
     pub fn topics(&self) -> &[TopicRoute] {
         &self.topics

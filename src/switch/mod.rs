@@ -13,13 +13,7 @@ pub mod translate;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 
 use crate::config::Matcher;
 use crate::routes::RouteTable;
@@ -111,77 +105,7 @@ pub async fn end_offsets(
     physical: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, String> {
-    let v = cluster.version_for(ApiKey::Metadata, 9).unwrap_or(1);
-    let req = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-            TopicName(StrBytes::from_string(physical.to_string())),
-        ))]))
-        .with_allow_auto_topic_creation(false);
-    let meta: MetadataResponse = cluster
-        .call(ApiKey::Metadata, v, &req, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some(topic) = meta.topics.first() else {
-        return Ok(BTreeMap::new());
-    };
-    match topic.error_code {
-        0 => {}
-        3 => return Ok(BTreeMap::new()), // UNKNOWN_TOPIC_OR_PARTITION
-        e => return Err(format!("metadata for `{physical}`: error {e}")),
-    }
-    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for p in &topic.partitions {
-        if p.leader_id.0 < 0 {
-            return Err(format!(
-                "partition {physical}-{} has no leader on `{}`",
-                p.partition_index,
-                cluster.name()
-            ));
-        }
-        by_leader
-            .entry(p.leader_id.0)
-            .or_default()
-            .push(p.partition_index);
-    }
-    let lv = cluster
-        .version_for(ApiKey::ListOffsets, 5)
-        .unwrap_or(1)
-        .max(1);
-    let mut out = BTreeMap::new();
-    for (leader, parts) in by_leader {
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(physical.to_string())))
-                .with_partitions(
-                    parts
-                        .iter()
-                        .map(|p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(*p)
-                                .with_timestamp(-1)
-                        })
-                        .collect(),
-                )]);
-        let resp: ListOffsetsResponse = cluster
-            .call_to(Some(leader), ApiKey::ListOffsets, lv, &req, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        for t in &resp.topics {
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    return Err(format!(
-                        "end offset of {physical}-{} on `{}`: error {}",
-                        p.partition_index,
-                        cluster.name(),
-                        p.error_code
-                    ));
-                }
-                out.insert(p.partition_index, p.offset);
-            }
-        }
-    }
-    Ok(out)
+    ops::offsets_at(cluster, physical, ops::LATEST, timeout).await
 }
 
 /// Builds the mark for one flip (the end offsets of the cluster writes move to).

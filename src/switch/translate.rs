@@ -335,19 +335,12 @@ pub fn logical(
     cluster: &str,
     physical: BTreeMap<(String, i32), i64>,
 ) -> Committed {
-    let reverse: BTreeMap<String, String> = routes
-        .topics()
-        .iter()
-        .filter_map(|row| match &row.matcher {
-            crate::config::Matcher::Exact(name) => row
-                .rename
-                .get(cluster)
-                .map(|phys| (phys.clone(), name.clone())),
-            crate::config::Matcher::Regex(_) => None,
-        })
-        .collect();
+    let reverse: BTreeMap<&str, &str> = routes.renamed_on(cluster).collect();
     physical
         .into_iter()
-        .map(|((t, p), o)| ((reverse.get(&t).cloned().unwrap_or(t), p), o))
+        .map(|((t, p), o)| {
+            let name = reverse.get(t.as_str()).map_or(t.clone(), |l| l.to_string());
+            ((name, p), o)
+        })
         .collect()
 }

@@ -45,6 +45,15 @@ pub fn make_certs(name: &str) -> PathBuf {
     dir
 }
 
+/// A cluster's bootstrap addresses as a TOML array body.
+fn toml_list(c: &Cluster) -> String {
+    c.bootstrap_list()
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn proxy_toml(certs: &Path, cluster: &Cluster, mtls: bool) -> String {
     let client_ca = if mtls {
         format!("client_ca = \"{}\"\n", certs.join("ca.crt").display())
@@ -57,12 +66,7 @@ fn proxy_toml(certs: &Path, cluster: &Cluster, mtls: bool) -> String {
          [routes]\ndefault_cluster = \"secure\"\n",
         certs.join("server.crt").display(),
         certs.join("server.key").display(),
-        cluster
-            .bootstrap_list()
-            .iter()
-            .map(|b| format!("\"{b}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
+        toml_list(cluster),
         certs.join("ca.crt").display(),
     )
 }
@@ -98,13 +102,7 @@ impl TlsEnv {
         }
         creds.users.insert("alice".into(), alice);
         std::fs::write(&users, toml::to_string(&creds).unwrap()).unwrap();
-        let list = |c: &Cluster| {
-            c.bootstrap_list()
-                .iter()
-                .map(|b| format!("\"{b}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = toml_list;
         let (_, password_file) = scram_cluster.scram.clone().unwrap();
         let sasl_toml = format!(
             "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
@@ -216,66 +214,84 @@ fn create_topic_on(cluster: &Cluster, topic: &str) {
     assert_eq!(v["ok"], Value::Bool(true), "create {topic}: {v}");
 }
 
-/// Java and librdkafka produce and consume through `proxy` over TLS (with a client
-/// certificate when `client` is given); the cluster behind speaks only TLS.
-fn round_trip(env: &TlsEnv, proxy: &Proxy, client: Option<&str>, tag: &str) {
-    const N: u64 = 10_000;
-    let topic = format!("tls-{tag}");
-    create_topic(env, &topic);
-    let props = env.java_props(client);
+/// Java and librdkafka each produce `n` records to `topic` through `bootstrap` and
+/// each read all `2n` in a group of `members` (groups `<topic>-java`, `<topic>-rdk`).
+fn exchange(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    members: u32,
+    java_props: &[String],
+    rdk_props: &[(&str, &str)],
+) {
     let p = java(with(
         &[
             "produce",
             "--bootstrap",
-            &proxy.bootstrap,
+            bootstrap,
             "--topic",
-            &topic,
+            topic,
             "--count",
-            &N.to_string(),
+            &n.to_string(),
             "--keys",
-            "20",
+            "10",
             "--key-prefix",
             "java",
         ],
-        &props,
+        java_props,
     ));
-    super::assert_produced(&p, N);
-    let owned = env.rdk_props(client);
-    let rdk_props: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let r = rdk::produce_opts(&proxy.bootstrap, &[&topic], N, 20, "rdk", 0.0, &rdk_props);
-    super::assert_produced(&r, N);
+    super::assert_produced(&p, n);
+    let r = rdk::produce_opts(bootstrap, &[topic], n, 10, "rdk", 0.0, rdk_props);
+    super::assert_produced(&r, n);
     let c = java(with(
         &[
             "consume",
             "--bootstrap",
-            &proxy.bootstrap,
+            bootstrap,
             "--topic",
-            &topic,
+            topic,
             "--group",
             &format!("{topic}-java"),
             "--members",
-            "2",
+            &members.to_string(),
             "--expect",
-            &(2 * N).to_string(),
+            &(2 * n).to_string(),
             "--timeout-s",
             "90",
         ],
-        &props,
+        java_props,
     ));
-    super::assert_consumed(&c, 2 * N, 0);
+    super::assert_consumed(&c, 2 * n, 0);
     let seen = Arc::new(rdk::Seen::default());
     let r = rdk::consume_opts(
-        &proxy.bootstrap,
-        &topic,
+        bootstrap,
+        topic,
         &format!("{topic}-rdk"),
-        2,
-        2 * N,
+        members as usize,
+        2 * n,
         None,
         &seen,
         Duration::from_secs(90),
+        rdk_props,
+    );
+    super::assert_consumed(&r, 2 * n, 0);
+}
+
+/// Java and librdkafka produce and consume through `proxy` over TLS (with a client
+/// certificate when `client` is given); the cluster behind speaks only TLS.
+fn round_trip(env: &TlsEnv, proxy: &Proxy, client: Option<&str>, tag: &str) {
+    let topic = format!("tls-{tag}");
+    create_topic(env, &topic);
+    let owned = env.rdk_props(client);
+    let rdk_props: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    exchange(
+        &proxy.bootstrap,
+        &topic,
+        10_000,
+        2,
+        &env.java_props(client),
         &rdk_props,
     );
-    super::assert_consumed(&r, 2 * N, 0);
 }
 
 pub fn tls_round_trip(env: &TlsEnv) {
@@ -474,57 +490,7 @@ pub fn sasl_scram_round_trip(env: &TlsEnv) {
     let owned = sasl_rdk_props(env, "SCRAM-SHA-512", "alice", "alice-secret");
     let rprops: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for topic in ["sasl-src", "sasl-tgt"] {
-        let p = java(with(
-            &[
-                "produce",
-                "--bootstrap",
-                &env.sasl.bootstrap,
-                "--topic",
-                topic,
-                "--count",
-                &N.to_string(),
-                "--keys",
-                "10",
-                "--key-prefix",
-                "java",
-            ],
-            &jprops,
-        ));
-        super::assert_produced(&p, N);
-        let r = rdk::produce_opts(&env.sasl.bootstrap, &[topic], N, 10, "rdk", 0.0, &rprops);
-        super::assert_produced(&r, N);
-        let c = java(with(
-            &[
-                "consume",
-                "--bootstrap",
-                &env.sasl.bootstrap,
-                "--topic",
-                topic,
-                "--group",
-                &format!("{topic}-java"),
-                "--members",
-                "1",
-                "--expect",
-                &(2 * N).to_string(),
-                "--timeout-s",
-                "90",
-            ],
-            &jprops,
-        ));
-        super::assert_consumed(&c, 2 * N, 0);
-        let seen = Arc::new(rdk::Seen::default());
-        let r = rdk::consume_opts(
-            &env.sasl.bootstrap,
-            topic,
-            &format!("{topic}-rdk"),
-            1,
-            2 * N,
-            None,
-            &seen,
-            Duration::from_secs(90),
-            &rprops,
-        );
-        super::assert_consumed(&r, 2 * N, 0);
+        exchange(&env.sasl.bootstrap, topic, N, 1, &jprops, &rprops);
     }
     assert!(
         env.sasl
@@ -624,13 +590,7 @@ const SNI_TOPICS: [&str; 2] = ["sni-secure", "sni-legacy"];
 pub fn sni_mode(env: &TlsEnv) {
     create_topic_on(&env.cluster, SNI_TOPICS[0]);
     create_topic_on(&env.scram_cluster, SNI_TOPICS[1]);
-    let list = |c: &Cluster| {
-        c.bootstrap_list()
-            .iter()
-            .map(|b| format!("\"{b}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = toml_list;
     let (_, password_file) = env.scram_cluster.scram.clone().unwrap();
     let toml = format!(
         "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
@@ -763,58 +723,7 @@ pub fn sni_clients() {
         ("ssl.ca.location", ca.as_str()),
     ];
     for topic in SNI_TOPICS {
-        let p = java(with(
-            &[
-                "produce",
-                "--bootstrap",
-                &bootstrap,
-                "--topic",
-                topic,
-                "--count",
-                "3000",
-                "--keys",
-                "10",
-                "--key-prefix",
-                "java",
-            ],
-            &java_props,
-        ));
-        super::assert_produced(&p, N);
-        let r = rdk::produce_opts(&bootstrap, &[topic], N, 10, "rdk", 0.0, &rdk_props);
-        super::assert_produced(&r, N);
-        let group = format!("{topic}-java");
-        let c = java(with(
-            &[
-                "consume",
-                "--bootstrap",
-                &bootstrap,
-                "--topic",
-                topic,
-                "--group",
-                &group,
-                "--members",
-                "2",
-                "--expect",
-                "6000",
-                "--timeout-s",
-                "90",
-            ],
-            &java_props,
-        ));
-        super::assert_consumed(&c, 2 * N, 0);
-        let seen = Arc::new(rdk::Seen::default());
-        let r = rdk::consume_opts(
-            &bootstrap,
-            topic,
-            &format!("{topic}-rdk"),
-            2,
-            2 * N,
-            None,
-            &seen,
-            Duration::from_secs(90),
-            &rdk_props,
-        );
-        super::assert_consumed(&r, 2 * N, 0);
+        exchange(&bootstrap, topic, N, 2, &java_props, &rdk_props);
         eprintln!(
             "SNI: {topic}: Java and librdkafka produced {N} each and consumed {} each",
             2 * N
