@@ -357,6 +357,8 @@ pub async fn run(proxy: Arc<Proxy>, sw: GroupSwitch) {
         let _ = d.enter(phase).await;
     }
     metrics::switch("group", outcome_label);
+    // The lag gauge is for groups in a switch.
+    metrics::group_lag(&group, &d.sw.from, 0);
     proxy
         .group_switches
         .finish(&group, d.sw.started_at_ms, release);
