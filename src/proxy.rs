@@ -2,7 +2,7 @@
 //! negotiated API table. Everything that changes at run time sits behind `ArcSwap`,
 //! so a request reads one consistent snapshot and a reload replaces it in one store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -501,14 +501,15 @@ impl Proxy {
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
         let mut table = RouteTable::new(version, &new);
-        let group_plan = self
-            .group_changes(&old_table, &table)
-            .map_err(ConfigErrors)?;
-        table.pins = group_plan.pins.clone();
         let timeout = new
             .proxy
             .connect_timeout
             .max(std::time::Duration::from_secs(5));
+        let unseen = self.unseen_groups(&old_table, &table, timeout).await;
+        let group_plan = self
+            .group_changes(&old_table, &table, unseen)
+            .map_err(ConfigErrors)?;
+        table.pins = group_plan.pins.clone();
         let flips = self
             .flips(&old_table, &table, timeout)
             .await
@@ -575,9 +576,54 @@ impl Proxy {
         Ok(version)
     }
 
+    /// Groups this proxy has not seen whose route a changed pattern row (or a changed
+    /// `default_cluster`) moves: listed on the cluster they are routed to now. A
+    /// consumer that is offline during the reload, or has not connected since the
+    /// proxy started, keeps its committed position this way instead of arriving at
+    /// a cluster where its group has no offsets.
+    async fn unseen_groups(
+        &self,
+        old: &RouteTable,
+        new: &RouteTable,
+        timeout: std::time::Duration,
+    ) -> BTreeSet<String> {
+        let patterns = |t: &RouteTable| -> Vec<GroupRoute> {
+            t.groups()
+                .iter()
+                .filter(|r| matches!(r.matcher, Matcher::Regex(_)))
+                .cloned()
+                .collect()
+        };
+        if old.default_cluster == new.default_cluster && patterns(old) == patterns(new) {
+            return BTreeSet::new();
+        }
+        let mut out = BTreeSet::new();
+        for (name, cluster) in &self.clusters {
+            match switch::ops::list_consumer_groups(cluster, timeout).await {
+                Ok(groups) => out.extend(groups.into_iter().filter(|g| {
+                    old.group_cluster(g) == name && new.configured_group_cluster(g) != name
+                })),
+                Err(e) => tracing::warn!(
+                    cluster = %name,
+                    error = %e,
+                    "could not list the cluster's consumer groups; of the groups the changed routes move, only those seen through this proxy are handed off"
+                ),
+            }
+        }
+        out
+    }
+
     /// The group switches a new table starts or cancels, and the pins it carries.
-    fn group_changes(&self, old: &RouteTable, new: &RouteTable) -> Result<GroupPlan, Vec<String>> {
-        let mut candidates: std::collections::BTreeSet<String> = self.identities.all_groups();
+    /// Candidates: groups seen through this proxy, exact group rows, pinned groups and
+    /// `unseen` (see [`Proxy::unseen_groups`]).
+    fn group_changes(
+        &self,
+        old: &RouteTable,
+        new: &RouteTable,
+        unseen: BTreeSet<String>,
+    ) -> Result<GroupPlan, Vec<String>> {
+        let mut candidates: BTreeSet<String> = self.identities.all_groups();
+        candidates.extend(unseen);
         for r in old.groups().iter().chain(new.groups()) {
             if let Matcher::Exact(n) = &r.matcher {
                 candidates.insert(n.clone());

@@ -32,6 +32,12 @@ fn identity_timestamp_rollback_and_refusal() {
 }
 
 #[test]
+fn offline_groups_follow_a_regex_row() {
+    let _serial = harness::serial();
+    groups::offline_groups_follow_a_pattern_row(env());
+}
+
+#[test]
 fn proxy_killed_at_every_phase_of_a_switch() {
     let _serial = harness::serial();
     groups::killed_at_every_phase(env());

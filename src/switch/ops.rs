@@ -357,8 +357,13 @@ async fn admin_commit_once(
     Ok(())
 }
 
-/// Group ids the cluster knows.
-pub async fn list_groups(c: &ClusterView, timeout: Duration) -> Result<Vec<String>, String> {
+/// The consumer groups the cluster knows, from every broker (each lists the groups
+/// it coordinates). Groups of other protocols, such as Kafka Connect workers, are
+/// left out; groups that only hold committed offsets (protocol type "") are kept.
+pub async fn list_consumer_groups(
+    c: &ClusterView,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
     let v = version(c, ApiKey::ListGroups, 3)?;
     let mut out = Vec::new();
     for (broker, _) in c.brokers().iter() {
@@ -372,7 +377,19 @@ pub async fn list_groups(c: &ClusterView, timeout: Duration) -> Result<Vec<Strin
             )
             .await
             .map_err(|e| e.to_string())?;
-        out.extend(resp.groups.into_iter().map(|g| g.group_id.to_string()));
+        if resp.error_code != 0 {
+            return Err(format!(
+                "ListGroups on broker {broker} of `{}`: error {}",
+                c.name(),
+                resp.error_code
+            ));
+        }
+        out.extend(
+            resp.groups
+                .into_iter()
+                .filter(|g| matches!(g.protocol_type.as_str(), "" | "consumer"))
+                .map(|g| g.group_id.to_string()),
+        );
     }
     Ok(out)
 }

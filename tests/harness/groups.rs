@@ -586,6 +586,96 @@ pub fn strategies_and_refusals(env: &TwoClusters) {
     );
 }
 
+/// A regex row moves groups that are offline during the reload and were never seen
+/// through this proxy: each keeps its committed position. `late-a` read 400 of the
+/// source's 1,000 records and `late-b` all of them, both straight from the source.
+/// After the writes flip (500 records to the target) a reload adds `^late-.*` →
+/// target: `late-b` has read everything left on the source, so it switches with no
+/// member connected; `late-a` waits, pinned to the source. When `late-a` comes back
+/// through the proxy it reads the rest of the source, follows by itself, and reads
+/// the target's records. Both groups read every record once. Removing the rows
+/// brings both, offline again, back to the source.
+pub fn offline_groups_follow_a_pattern_row(env: &TwoClusters) {
+    let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
+    const LATE: &str = "late";
+    const N: u64 = 1_000;
+    const M: u64 = 500;
+    reload(env, "");
+    for c in [source, target] {
+        create_topic_direct(c, LATE, 2);
+    }
+    assert_eq!(
+        rdk::produce(&source.bootstrap(), LATE, N, 10, "src")["acked"],
+        N
+    );
+    let seen_a = Arc::new(rdk::Seen::default());
+    let seen_b = Arc::new(rdk::Seen::default());
+    rdk_group(&source.bootstrap(), LATE, "late-a", N, Some(400), &seen_a);
+    let v = rdk_group(&source.bootstrap(), LATE, "late-b", N, None, &seen_b);
+    assert_consumed(&v, N, 0);
+
+    let topic_row = format!("[routes.topics.\"{LATE}\"]\nproduce = \"target\"\n");
+    reload(env, &topic_row);
+    assert_eq!(
+        rdk::produce(&proxy.bootstrap, LATE, M, 10, "tgt")["acked"],
+        M
+    );
+    assert_eq!(
+        rdk::ends(&target.bootstrap(), LATE).values().sum::<i64>(),
+        M as i64
+    );
+    reload(
+        env,
+        &format!("{topic_row}\n[routes.groups.\"^late-.*\"]\ncluster = \"target\"\n"),
+    );
+
+    let b = &wait_done(proxy, &["late-b"], "target", Duration::from_secs(60))[0];
+    eprintln!("offline, drained group switched: {b}");
+    let m = moves(b);
+    assert_eq!(m.iter().map(|x| x.1.unwrap()).sum::<i64>(), N as i64, "{b}");
+    assert!(
+        m.iter().all(|x| x.2 == 0 && x.3 == "marks"),
+        "the target's first records (the marks): {b}"
+    );
+    let a = switch_of(proxy, "late-a").expect("the offline group late-a is switching");
+    assert_eq!(
+        a["phase"], "waiting",
+        "late-a has not read the source yet: {a}"
+    );
+
+    let v = rdk_group(&proxy.bootstrap, LATE, "late-a", N + M, None, &seen_a);
+    assert_consumed(&v, N + M, 0);
+    let a = &wait_done(proxy, &["late-a"], "target", Duration::from_secs(60))[0];
+    eprintln!("offline group back, drained and switched: {a}");
+    assert_eq!(
+        moves(a).iter().map(|x| x.1.unwrap()).sum::<i64>(),
+        N as i64,
+        "{a}"
+    );
+    let v = rdk_group(&proxy.bootstrap, LATE, "late-b", N + M, None, &seen_b);
+    assert_consumed(&v, N + M, 0);
+
+    // The rows go away while both groups are offline: writes and groups return to
+    // the source, the groups at the marks of the writes' flip back (its end).
+    reload(env, "");
+    for s in wait_done(
+        proxy,
+        &["late-a", "late-b"],
+        "source",
+        Duration::from_secs(60),
+    ) {
+        eprintln!("offline group back on the source: {s}");
+        assert_eq!(
+            moves(&s)
+                .iter()
+                .map(|x| (x.1.unwrap(), x.2))
+                .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1)),
+            (M as i64, N as i64),
+            "{s}"
+        );
+    }
+}
+
 /// Issue 4, done-when 5: the proxy is SIGKILLed at each phase boundary of a group
 /// switch in turn (a test hook pauses 2.5 s after each phase is recorded), and
 /// started again on the same config and state. The switch is driven by the config
