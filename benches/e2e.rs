@@ -1,6 +1,7 @@
 //! End-to-end comparison: the same load with librdkafka, direct to Apache Kafka 3.9
 //! and through Switchyard, in the same run, printed as ratios (proxy / direct).
-//! Run with `cargo bench --bench e2e` (`SWITCHYARD_BENCH=tls` runs only part 3).
+//! Run with `cargo bench --bench e2e` (`SWITCHYARD_BENCH=tls` runs only part 3,
+//! `SWITCHYARD_BENCH=two` only part 4).
 //!
 //! 1. One broker, replication 1: produce RECORDS records of VALUE_BYTES as fast as
 //!    possible (idempotent, acks=all, linger 5 ms), consume them with a fresh group,
@@ -12,6 +13,12 @@
 //!    plaintext, and through a proxy that terminates TLS (the client speaks TLS to
 //!    the proxy, the proxy plaintext to the broker). Reported as TLS-proxy / direct
 //!    and TLS-proxy / plaintext-proxy.
+//! 4. Two clusters: the proxy in the middle of a migration, with a Kafka 2.4.1
+//!    source and a Kafka 3.9 target (one broker each) and regex rows sending the
+//!    bench's topics and groups to the target. Three arms: direct to the target, a
+//!    proxy of the target alone, and the two-cluster proxy. Reported as two-cluster
+//!    proxy / direct and two-cluster proxy / one-cluster proxy: the price of
+//!    routing (merged metadata, per-topic and per-group verdicts, group attribution).
 //!
 //! Each part runs a warm-up round (not counted) and ROUNDS measured rounds; the two
 //! arms of a round run back to back in alternating order, each round gives one
@@ -194,12 +201,18 @@ impl Ratios {
 
 /// One arm of a one-broker round: produce throughput, consume throughput, and
 /// ack latency p50 and p99 (seconds), printed as it goes.
-fn one_broker_arm(env: &Env, topic: &str, bootstrap: &str, name: &str, round: usize) -> [f64; 4] {
-    create_topic(&env.cluster, topic, 1);
+fn one_broker_arm(
+    cluster: &harness::Cluster,
+    topic: &str,
+    bootstrap: &str,
+    name: &str,
+    round: usize,
+) -> [f64; 4] {
+    create_topic(cluster, topic, 1);
     let tput = produce_throughput(bootstrap, topic, RECORDS);
     let ctput = consume_throughput(bootstrap, topic, &format!("g-{topic}"), RECORDS);
     let lat_topic = format!("{topic}-lat");
-    create_topic(&env.cluster, &lat_topic, 1);
+    create_topic(cluster, &lat_topic, 1);
     let (l50, l99) = produce_latency(bootstrap, &lat_topic);
     println!(
         "round {round}{} {name:>6}: produce {tput:>9.0} rec/s  consume {ctput:>9.0} rec/s  ack latency p50 {l50:>8.2?} p99 {l99:>8.2?}",
@@ -236,10 +249,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    // SWITCHYARD_BENCH=tls runs only part 3.
-    if std::env::var("SWITCHYARD_BENCH").as_deref() == Ok("tls") {
-        tls_arms();
-        return;
+    // SWITCHYARD_BENCH=tls runs only part 3, =two only part 4.
+    match std::env::var("SWITCHYARD_BENCH").as_deref() {
+        Ok("tls") => return tls_arms(),
+        Ok("two") => return two_cluster_arms(),
+        _ => {}
     }
 
     // 1. One broker, replication 1: the client and the proxy can be the bottleneck.
@@ -254,7 +268,7 @@ fn main() {
         let mut results = std::collections::BTreeMap::new();
         for (name, bootstrap) in arms(round, &env) {
             let [tput, ctput, l50, l99] = one_broker_arm(
-                &env,
+                &env.cluster,
                 &format!("bench-{name}-{round}"),
                 &bootstrap,
                 name,
@@ -303,6 +317,91 @@ fn main() {
     drop(env);
 
     tls_arms();
+    two_cluster_arms();
+}
+
+const METRICS: [&str; 4] = [
+    "produce throughput",
+    "consume throughput",
+    "ack latency p50",
+    "ack latency p99",
+];
+
+/// An arm: its name, the bootstrap its clients use, and their extra properties.
+type Arm = (&'static str, String, Vec<(String, String)>);
+
+/// Rounds of three one-broker arms on `cluster`, in an order that rotates each
+/// round; `extra` holds each arm's client properties. Per metric, the per-round
+/// ratios of arm `of` to arm `to` for each (`of`, `to`) in `pairs`.
+fn three_arms(
+    cluster: &harness::Cluster,
+    prefix: &str,
+    arms: [Arm; 3],
+    pairs: &[(&str, &str)],
+) -> Vec<Vec<Ratios>> {
+    let mut out: Vec<Vec<Ratios>> = pairs
+        .iter()
+        .map(|_| METRICS.iter().map(|_| Ratios::default()).collect())
+        .collect();
+    for round in 0..=ROUNDS {
+        let mut order = arms.to_vec();
+        order.rotate_left(round % 3);
+        let mut results = std::collections::BTreeMap::new();
+        for (name, bootstrap, extra) in order {
+            *CLIENT_EXTRA.lock().unwrap() = extra;
+            let topic = format!("{prefix}-{name}-{round}");
+            results.insert(
+                name,
+                one_broker_arm(cluster, &topic, &bootstrap, name, round),
+            );
+        }
+        CLIENT_EXTRA.lock().unwrap().clear();
+        if round == 0 {
+            continue;
+        }
+        for (ratios, (of, to)) in out.iter_mut().zip(pairs) {
+            for (i, r) in ratios.iter_mut().enumerate() {
+                r.push(results[of][i], results[to][i]);
+            }
+        }
+    }
+    out
+}
+
+/// Part 4: the cost of routing between two clusters.
+fn two_cluster_arms() {
+    println!("starting a Kafka 2.4.1 source, a Kafka 3.9 target and two proxies...");
+    let env = harness::migration::TwoClusters::start(
+        "bench-two",
+        "[routes.topics.\"^bench-two-.*\"]\nproduce = \"target\"\nconsume = \"target\"\n\n\
+         [routes.groups.\"^g-bench-two-.*\"]\ncluster = \"target\"\n",
+    );
+    let single = harness::Proxy::start(
+        "bench-two-single",
+        &harness::scenarios::clusters_toml(&env.target),
+        &env.target.broker_ids(),
+    );
+    let arms = [
+        ("direct", env.target.bootstrap(), Vec::new()),
+        ("one", single.bootstrap.clone(), Vec::new()),
+        ("two", env.proxy.bootstrap.clone(), Vec::new()),
+    ];
+    let ratios = three_arms(
+        &env.target,
+        "bench-two",
+        arms,
+        &[("two", "direct"), ("two", "one")],
+    );
+    println!(
+        "\n1 broker each, topics and groups routed to the target; two-cluster proxy / direct:"
+    );
+    for (r, m) in ratios[0].iter().zip(METRICS) {
+        r.report(m);
+    }
+    println!("two-cluster proxy / one-cluster proxy:");
+    for (r, m) in ratios[1].iter().zip(METRICS) {
+        r.report(m);
+    }
 }
 
 /// Part 3: the cost of TLS termination.
@@ -326,42 +425,24 @@ fn tls_arms() {
             certs.join("ca.crt").display().to_string(),
         ),
     ];
-    let metrics = [
-        "produce throughput",
-        "consume throughput",
-        "ack latency p50",
-        "ack latency p99",
+    let arms = [
+        ("direct", env.cluster.bootstrap(), Vec::new()),
+        ("proxy", env.proxy.bootstrap.clone(), Vec::new()),
+        ("tls", tls_proxy.bootstrap.clone(), tls_extra),
     ];
-    let mut vs_direct: Vec<Ratios> = metrics.iter().map(|_| Ratios::default()).collect();
-    let mut vs_proxy: Vec<Ratios> = metrics.iter().map(|_| Ratios::default()).collect();
-    for round in 0..=ROUNDS {
-        let mut arms = vec![
-            ("direct", env.cluster.bootstrap(), Vec::new()),
-            ("proxy", env.proxy.bootstrap.clone(), Vec::new()),
-            ("tls", tls_proxy.bootstrap.clone(), tls_extra.clone()),
-        ];
-        arms.rotate_left(round % 3);
-        let mut results = std::collections::BTreeMap::new();
-        for (name, bootstrap, extra) in arms {
-            *CLIENT_EXTRA.lock().unwrap() = extra;
-            let topic = format!("bench-tls-{name}-{round}");
-            results.insert(name, one_broker_arm(&env, &topic, &bootstrap, name, round));
-        }
-        CLIENT_EXTRA.lock().unwrap().clear();
-        if round == 0 {
-            continue;
-        }
-        for i in 0..metrics.len() {
-            vs_direct[i].push(results["tls"][i], results["direct"][i]);
-            vs_proxy[i].push(results["tls"][i], results["proxy"][i]);
-        }
-    }
+    let ratios = three_arms(
+        &env.cluster,
+        "bench-tls",
+        arms,
+        &[("tls", "direct"), ("tls", "proxy")],
+    );
+    let (vs_direct, vs_proxy) = (&ratios[0], &ratios[1]);
     println!("\n1 broker, TLS client -> proxy -> plaintext broker; TLS proxy / direct plaintext:");
-    for (i, m) in metrics.iter().enumerate() {
-        vs_direct[i].report(m);
+    for (r, m) in vs_direct.iter().zip(METRICS) {
+        r.report(m);
     }
     println!("TLS proxy / plaintext proxy:");
-    for (i, m) in metrics.iter().enumerate() {
-        vs_proxy[i].report(m);
+    for (r, m) in vs_proxy.iter().zip(METRICS) {
+        r.report(m);
     }
 }
