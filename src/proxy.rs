@@ -576,8 +576,9 @@ impl Proxy {
         Ok(version)
     }
 
-    /// Groups this proxy has not seen whose route a changed pattern row (or a changed
-    /// `default_cluster`) moves: listed on the cluster they are routed to now. A
+    /// When a pattern row or `default_cluster` changed: the consumer groups each
+    /// cluster lists that are routed to that cluster now, seen through this proxy or
+    /// not ([`Proxy::group_changes`] keeps those the new table sends elsewhere). A
     /// consumer that is offline during the reload, or has not connected since the
     /// proxy started, keeps its committed position this way instead of arriving at
     /// a cluster where its group has no offsets.
@@ -600,9 +601,9 @@ impl Proxy {
         let mut out = BTreeSet::new();
         for (name, cluster) in &self.clusters {
             match switch::ops::list_consumer_groups(cluster, timeout).await {
-                Ok(groups) => out.extend(groups.into_iter().filter(|g| {
-                    old.group_cluster(g) == name && new.configured_group_cluster(g) != name
-                })),
+                Ok(groups) => {
+                    out.extend(groups.into_iter().filter(|g| old.group_cluster(g) == name))
+                }
                 Err(e) => tracing::warn!(
                     cluster = %name,
                     error = %e,

@@ -34,7 +34,7 @@ fn identity_timestamp_rollback_and_refusal() {
 #[test]
 fn offline_groups_follow_a_regex_row() {
     let _serial = harness::serial();
-    groups::offline_groups_follow_a_pattern_row(env());
+    groups::offline_groups_follow_a_regex_row(env());
 }
 
 #[test]
