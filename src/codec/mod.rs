@@ -349,4 +349,29 @@ mod tests {
             assert_eq!(produce_acks(&frame), Some(0), "v{version} {txn:?}");
         }
     }
+
+    /// The request that aborted the process before the decoder was patched: a
+    /// Fetch v4 of 40 bytes whose topic array claims 0x7fffffff entries. It must
+    /// fail to decode, not reserve ~200 GB.
+    #[test]
+    fn hostile_array_count_is_a_decode_error() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Fetch as i16);
+        frame.put_i16(4);
+        frame.put_i32(7);
+        frame.put_i16(9);
+        frame.put_slice(b"hostile-f");
+        frame.put_i32(-1); // replica id
+        frame.put_i32(500); // max wait
+        frame.put_i32(1); // min bytes
+        frame.put_i32(1 << 20); // max bytes
+        frame.put_i8(0); // isolation level
+        frame.put_i32(0x7fff_ffff); // topics
+        assert_eq!(frame.len(), 40);
+        let frame = parse_request(frame.freeze()).unwrap();
+        let err = frame
+            .decode::<kafka_protocol::messages::FetchRequest>()
+            .unwrap_err();
+        assert!(err.reason.contains("array length"), "{err}");
+    }
 }

@@ -26,6 +26,29 @@ macro_rules! define_copy_impl {
     )
 }
 
+/// Switchyard patch: a length or element count read off the wire must fit in the
+/// bytes that are left, because every string byte, every bytes byte and every array
+/// element takes at least one byte of input. Checking this before allocating keeps a
+/// hostile count (say 0x7fffffff in a 40-byte frame) from reserving gigabytes and
+/// aborting the process; the decode fails with an error instead.
+fn ensure_remaining<B: ByteBuf>(buf: &B, declared: usize, what: &str) -> Result<()> {
+    if declared > buf.remaining() {
+        bail!(
+            "{what} declares {declared} but only {} bytes remain",
+            buf.remaining()
+        );
+    }
+    Ok(())
+}
+
+/// Switchyard patch: how many array elements to reserve up front. A count that fits
+/// in the remaining bytes can still be large next to the decoded element size (a
+/// 100 MiB frame of one-byte elements, each a struct of a hundred bytes); the vector
+/// grows from the elements actually decoded instead.
+fn prealloc(declared: usize) -> usize {
+    declared.min(1024)
+}
+
 /// A boolean value.
 #[derive(Debug, Copy, Clone, Default)]
 pub struct Boolean;
@@ -359,6 +382,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                ensure_remaining(buf, n as usize, "string length")?;
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +535,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                ensure_remaining(buf, (n - 1) as usize, "compact string length")?;
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +680,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                ensure_remaining(buf, n as usize, "bytes length")?;
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +830,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                ensure_remaining(buf, (n - 1) as usize, "compact bytes length")?;
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1012,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                ensure_remaining(buf, n as usize, "array length")?;
+                let mut result = Vec::with_capacity(prealloc(n as usize));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1121,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                ensure_remaining(buf, (n - 1) as usize, "compact array length")?;
+                let mut result = Vec::with_capacity(prealloc((n - 1) as usize));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
