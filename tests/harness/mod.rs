@@ -58,33 +58,110 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Ports for everything the tests start (brokers, controllers, proxies) come from
+/// a lane of the range below the kernel's ephemeral ports. The kernel never hands
+/// out those ports for outgoing connections, so nothing can take one between the
+/// moment it is picked here and the moment the process under test binds it (which
+/// a random pick inside the ephemeral range could not promise). Each test process
+/// claims one lane with an advisory file lock, so test binaries running at the same
+/// time never share a port; inside a lane every port is handed out once.
+struct Ports {
+    lane_start: u16,
+    lane_end: u16,
+    used: std::collections::BTreeSet<u16>,
+    /// Held for the life of the process: the lock is the claim on the lane.
+    _lock: std::fs::File,
 }
 
-/// A base port such that base+0..base+span are all free right now.
-pub fn free_port_range(span: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20000 + (rand_u32() % 30000) as u16;
-        let ok = (0..span).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if ok {
-            return base;
+const PORT_LANES: u16 = 4;
+
+fn ports() -> MutexGuard<'static, Ports> {
+    static PORTS: OnceLock<Mutex<Ports>> = OnceLock::new();
+    PORTS
+        .get_or_init(|| Mutex::new(Ports::claim()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+impl Ports {
+    fn claim() -> Ports {
+        // The ephemeral range starts at 32768 by default; read it, so a machine
+        // with another setting still gets ports the kernel will not use.
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let (low, high) = (10_000u16, ephemeral_low);
+        assert!(
+            high > low + PORT_LANES * 2_500,
+            "the ephemeral port range starts at {high}; the tests need ports 10000..{} below it",
+            low + PORT_LANES * 2_500
+        );
+        let width = (high - low) / PORT_LANES;
+        let dir = std::env::temp_dir().join("switchyard-test-ports");
+        std::fs::create_dir_all(&dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            for lane in 0..PORT_LANES {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("lane-{lane}.lock")))
+                    .unwrap();
+                if file.try_lock().is_ok() {
+                    let lane_start = low + lane * width;
+                    return Ports {
+                        lane_start,
+                        lane_end: lane_start + width,
+                        used: Default::default(),
+                        _lock: file,
+                    };
+                }
+            }
+            // Every lane is held by another test process: wait for one to finish
+            // rather than share ports with it.
+            assert!(Instant::now() < deadline, "no free test port lane in 600 s");
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
-    panic!("no free port range of {span}");
+
+    fn free(&self, port: u16) -> bool {
+        !self.used.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
+    }
+
+    fn take(&mut self, avoid: impl Fn(u16) -> bool) -> u16 {
+        let port = (self.lane_start..self.lane_end)
+            .find(|&p| !avoid(p) && self.free(p))
+            .expect("test port lane exhausted");
+        self.used.insert(port);
+        port
+    }
 }
 
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded randomly per instance; hashing nothing still differs.
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish() as u32
+/// A port nobody listens on, that nothing else will be given.
+pub fn free_port() -> u16 {
+    ports().take(|_| false)
+}
+
+/// Ports for a proxy whose virtual brokers have the ids `virtual_ids`: a base such
+/// that `base + id` is free for each of them, and a bootstrap port outside every
+/// virtual broker range (`base + offset .. base + offset + 999`), as the config
+/// check demands.
+pub fn proxy_ports(virtual_ids: &[i32]) -> (u16, u16) {
+    let mut p = ports();
+    let top = virtual_ids.iter().copied().max().unwrap_or(0).max(0) as u16;
+    let base = (p.lane_start..p.lane_end.saturating_sub(top))
+        .find(|&b| virtual_ids.iter().all(|&id| p.free(b + id as u16)))
+        .expect("test port lane exhausted");
+    for &id in virtual_ids {
+        p.used.insert(base + id as u16);
+    }
+    // The tests' clusters use offsets 0, 1000 and 2000 (SNI-mode proxies pass no
+    // ids but are checked against the same ranges).
+    let ranges = base..base.saturating_add(3000).max(base + top + 1);
+    let bind = p.take(|port| ranges.contains(&port));
+    (base, bind)
 }
 
 /// Starts `cmd` under the guard script so it dies with this process.
@@ -646,10 +723,7 @@ impl Proxy {
         extra_env: &[(&'static str, String)],
     ) -> Proxy {
         let dir = scratch(name);
-        // Virtual broker ports take base+offset..base+offset+999 per cluster; the
-        // bootstrap port must lie outside them (the config check rejects it).
-        let port_base = free_port_range(2100);
-        let bind_port = port_base + 2050;
+        let (port_base, bind_port) = proxy_ports(broker_ids);
         let admin_port = free_port();
         let header = format!(
             "[proxy]\ncluster_id = \"switchyard-test\"\nstate_dir = \"{}\"\nmetadata_refresh_ms = 2000\n\n\
