@@ -227,15 +227,13 @@ pub fn put_frame(out: &mut BytesMut, frame: &[u8]) {
     out.put_slice(frame);
 }
 
-/// Reads `acks` from a Produce request body without decoding the records. Produce
-/// v3+ starts with transactional_id (nullable string; compact from v9) then acks.
-pub fn produce_acks(frame: &RequestFrame) -> Option<i16> {
-    let body = frame.body();
-    let mut b: &[u8] = &body;
-    if frame.version() >= 9 {
-        // compact nullable string: unsigned varint (len + 1), 0 = null
+/// Skips a (nullable) string at the front of `b`: compact (unsigned varint of
+/// length + 1) in flexible versions, else an i16 length.
+fn skip_string(b: &[u8], compact: bool) -> Option<&[u8]> {
+    if compact {
         let mut len: u64 = 0;
         let mut shift = 0;
+        let mut b = b;
         loop {
             let byte = *b.first()?;
             b = &b[1..];
@@ -248,19 +246,66 @@ pub fn produce_acks(frame: &RequestFrame) -> Option<i16> {
                 return None;
             }
         }
-        let skip = len.saturating_sub(1) as usize;
-        b = b.get(skip..)?;
+        b.get(len.saturating_sub(1) as usize..)
     } else {
-        if b.len() < 2 {
-            return None;
-        }
-        let len = i16::from_be_bytes([b[0], b[1]]);
-        b = &b[2..];
+        let len = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
+        let b = &b[2..];
         if len > 0 {
-            b = b.get(len as usize..)?;
+            b.get(len as usize..)
+        } else {
+            Some(b)
         }
     }
-    (b.len() >= 2).then(|| i16::from_be_bytes([b[0], b[1]]))
+}
+
+fn i16_at(b: &[u8], at: usize) -> Option<i16> {
+    Some(i16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn i32_at(b: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Reads `acks` from a Produce request body without decoding the records. Produce
+/// v3+ starts with transactional_id (nullable string; compact from v9) then acks.
+pub fn produce_acks(frame: &RequestFrame) -> Option<i16> {
+    let body = frame.body();
+    let b = produce_after_txn_id(frame, &body)?;
+    i16_at(b, 0)
+}
+
+fn produce_after_txn_id<'a>(frame: &RequestFrame, body: &'a [u8]) -> Option<&'a [u8]> {
+    match frame.version() {
+        0..=2 => Some(body),
+        v => skip_string(body, v >= 9),
+    }
+}
+
+/// How long the broker may legitimately hold this request before answering, read
+/// from the request without decoding it: a Fetch's max wait, a Produce's timeout, a
+/// JoinGroup's rebalance timeout (the broker answers when the rebalance completes).
+/// The proxy's upstream deadline for the request is this plus its own margin.
+pub fn request_wait(frame: &RequestFrame) -> std::time::Duration {
+    let body = frame.body();
+    let v = frame.version();
+    let ms = match frame.api {
+        // replica_id, max_wait_ms (replica_id moved to tagged fields in v15).
+        ApiKey::Fetch if v >= 15 => i32_at(&body, 0),
+        ApiKey::Fetch => i32_at(&body, 4),
+        // [transactional_id] acks timeout_ms
+        ApiKey::Produce => produce_after_txn_id(frame, &body).and_then(|b| i32_at(b, 2)),
+        // group_id session_timeout_ms rebalance_timeout_ms (v1+)
+        ApiKey::JoinGroup => skip_string(&body, v >= 6).and_then(|b| {
+            let session = i32_at(b, 0)?;
+            Some(if v >= 1 {
+                i32_at(b, 4)?.max(session)
+            } else {
+                session
+            })
+        }),
+        _ => None,
+    };
+    std::time::Duration::from_millis(ms.unwrap_or(0).max(0) as u64)
 }
 
 #[cfg(test)]
@@ -373,5 +418,49 @@ mod tests {
             .decode::<kafka_protocol::messages::FetchRequest>()
             .unwrap_err();
         assert!(err.reason.contains("array length"), "{err}");
+    }
+
+    #[test]
+    fn request_wait_reads_the_wait_each_request_asks_for() {
+        use kafka_protocol::messages::{FetchRequest, JoinGroupRequest};
+        let f = |api, v, bytes: Bytes| {
+            let frame = parse_request(bytes).unwrap();
+            assert_eq!(frame.api, api);
+            let _ = v;
+            request_wait(&frame).as_millis()
+        };
+        for v in [4, 12] {
+            let body = FetchRequest::default().with_max_wait_ms(777);
+            let bytes = encode_request(ApiKey::Fetch, &header(ApiKey::Fetch, v, 1), &body).unwrap();
+            assert_eq!(f(ApiKey::Fetch, v, bytes), 777, "fetch v{v}");
+        }
+        for v in [3, 7, 9] {
+            let body = ProduceRequest::default()
+                .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))))
+                .with_acks(-1)
+                .with_timeout_ms(3000);
+            let bytes =
+                encode_request(ApiKey::Produce, &header(ApiKey::Produce, v, 1), &body).unwrap();
+            assert_eq!(f(ApiKey::Produce, v, bytes), 3000, "produce v{v}");
+        }
+        for v in [1, 5, 6, 9] {
+            let body = JoinGroupRequest::default()
+                .with_group_id(kafka_protocol::messages::GroupId(
+                    StrBytes::from_static_str("billing"),
+                ))
+                .with_session_timeout_ms(45_000)
+                .with_rebalance_timeout_ms(300_000);
+            let bytes =
+                encode_request(ApiKey::JoinGroup, &header(ApiKey::JoinGroup, v, 1), &body).unwrap();
+            assert_eq!(f(ApiKey::JoinGroup, v, bytes), 300_000, "join v{v}");
+        }
+        // Garbage bodies give no wait, never a panic.
+        let mut short = BytesMut::new();
+        short.put_i16(ApiKey::Fetch as i16);
+        short.put_i16(4);
+        short.put_i32(1);
+        short.put_i16(-1);
+        short.put_slice(&[0, 1]);
+        assert_eq!(f(ApiKey::Fetch, 4, short.freeze()), 0);
     }
 }

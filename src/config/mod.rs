@@ -19,6 +19,23 @@ use regex::Regex;
 /// Default largest frame, the broker's own `socket.request.max.bytes` default.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
+/// Default connection limit for the whole process. An idle client connection costs
+/// one descriptor and a few KiB (its upstream connection opens with its first
+/// forwarded request), so this is set by descriptors, not memory.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 50_000;
+
+/// Default connections per source address: enough for every client of one
+/// application host (a sidecar sees them all from loopback), small enough that one
+/// host cannot take the whole process.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 5_000;
+
+/// Default largest frame before login on a SASL listener, the broker's own
+/// `sasl.server.max.receive.size` default.
+pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 512 * 1024;
+
+/// Default memory all connections together may hold for frames being received.
+pub const DEFAULT_BUFFER_BUDGET_BYTES: usize = 1024 * 1024 * 1024;
+
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -222,6 +239,12 @@ pub struct ProxyConfig {
     pub max_frame_bytes: usize,
     pub max_in_flight: usize,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_unauthenticated_frame_bytes: usize,
+    pub login_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub buffer_budget_bytes: usize,
     pub connect_timeout: Duration,
     pub metadata_refresh: Duration,
     pub shutdown_grace: Duration,
@@ -347,16 +370,59 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     if max_in_flight == 0 {
         errors.push("[proxy] max_in_flight: must be at least 1".into());
     }
-    let max_connections = p.max_connections.unwrap_or(10_000);
+    let max_connections = p.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         errors.push("[proxy] max_connections: must be at least 1".into());
     }
+    let max_connections_per_ip = p
+        .max_connections_per_ip
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP);
+    if max_connections_per_ip == 0 {
+        errors.push("[proxy] max_connections_per_ip: must be at least 1".into());
+    }
+    let max_unauth = p
+        .max_unauthenticated_frame_bytes
+        .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_FRAME_BYTES as u64);
+    if !(1024..=max_frame_bytes).contains(&max_unauth) {
+        errors.push(format!(
+            "[proxy] max_unauthenticated_frame_bytes: {max_unauth} is outside 1024..=max_frame_bytes ({max_frame_bytes})"
+        ));
+    }
+    let buffer_budget = p
+        .buffer_budget_bytes
+        .unwrap_or(DEFAULT_BUFFER_BUDGET_BYTES as u64);
+    if buffer_budget < max_frame_bytes {
+        errors.push(format!(
+            "[proxy] buffer_budget_bytes: {buffer_budget} is less than max_frame_bytes ({max_frame_bytes}); one largest frame must fit"
+        ));
+    }
+    let millis = |errors: &mut Vec<String>, key: &str, v: Option<u64>, default: u64| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            errors.push(format!("[proxy] {key}: must be at least 1"));
+        }
+        Duration::from_millis(v.max(1))
+    };
+    let login_timeout = millis(&mut errors, "login_timeout_ms", p.login_timeout_ms, 30_000);
+    let idle_timeout = millis(&mut errors, "idle_timeout_ms", p.idle_timeout_ms, 600_000);
+    let request_timeout = millis(
+        &mut errors,
+        "request_timeout_ms",
+        p.request_timeout_ms,
+        60_000,
+    );
     let proxy = ProxyConfig {
         cluster_id,
         state_dir: resolve(p.state_dir.as_deref().unwrap_or("./state")),
         max_frame_bytes: max_frame_bytes as usize,
         max_in_flight: max_in_flight.max(1) as usize,
         max_connections: max_connections.max(1) as usize,
+        max_connections_per_ip: max_connections_per_ip.max(1) as usize,
+        max_unauthenticated_frame_bytes: max_unauth as usize,
+        login_timeout,
+        idle_timeout,
+        request_timeout,
+        buffer_budget_bytes: buffer_budget as usize,
         connect_timeout: Duration::from_millis(p.connect_timeout_ms.unwrap_or(5_000)),
         metadata_refresh: Duration::from_millis(p.metadata_refresh_ms.unwrap_or(10_000).max(100)),
         shutdown_grace: Duration::from_millis(p.shutdown_grace_ms.unwrap_or(30_000)),

@@ -36,6 +36,22 @@ pub struct RawProxy {
     /// reading from it (backpressure, not an error).
     pub max_in_flight: Option<u32>,
     pub max_connections: Option<u32>,
+    /// Connections one source address may hold at once.
+    pub max_connections_per_ip: Option<u32>,
+    /// Largest frame a client may send before it has logged in (SASL listeners),
+    /// like the broker's `sasl.server.max.receive.size`.
+    pub max_unauthenticated_frame_bytes: Option<u64>,
+    /// How long a client on a SASL listener has to log in.
+    pub login_timeout_ms: Option<u64>,
+    /// A client connection with nothing in flight and no complete request for this
+    /// long is closed, like the broker's `connections.max.idle.ms`.
+    pub idle_timeout_ms: Option<u64>,
+    /// How long an upstream broker may take to answer, on top of the wait the
+    /// request itself asks for (fetch max wait, produce timeout, rebalance timeout).
+    pub request_timeout_ms: Option<u64>,
+    /// Bytes all connections together may hold in buffers for frames being received,
+    /// beyond a small allowance per connection.
+    pub buffer_budget_bytes: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub metadata_refresh_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,

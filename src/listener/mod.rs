@@ -4,8 +4,8 @@
 //! brokers are opened as the clusters report them. Accepting never waits on a
 //! client: each socket is handed to its own task at once, under a connection limit.
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Target};
+use crate::connection::{self, BufferBudget, Target};
 use crate::proxy::Proxy;
 
 /// How long a client has to finish its TLS handshake.
@@ -41,22 +41,85 @@ fn sni_target(proxy: &Proxy, server_name: Option<&str>, target: Target) -> Targe
     }
 }
 
+/// Connections per source address, so that one host (or one attacker) cannot take
+/// every connection slot of the process.
+pub struct PerIp {
+    max: usize,
+    counts: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's claim on its address's count; released on drop.
+pub struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            max,
+            counts: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, unless that address is at its limit.
+    pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections `ip` holds now.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            // Addresses with no connection leave the map, which so stays as large
+            // as the set of connected addresses.
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub struct Listeners {
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    budget: BufferBudget,
     bound: Mutex<BTreeSet<i32>>,
 }
 
 impl Listeners {
     pub fn new(proxy: Arc<Proxy>, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Self> {
-        let limit = Arc::new(Semaphore::new(proxy.config().proxy.max_connections));
+        let config = proxy.config();
+        let limit = Arc::new(Semaphore::new(config.proxy.max_connections));
+        let per_ip = PerIp::new(config.proxy.max_connections_per_ip);
+        let budget = BufferBudget::new(config.proxy.buffer_budget_bytes);
         Arc::new(Listeners {
             proxy,
             shutdown,
             tracker,
             limit,
+            per_ip,
+            budget,
             bound: Mutex::new(BTreeSet::new()),
         })
     }
@@ -141,9 +204,16 @@ impl Listeners {
                     }
                 };
                 let Ok(permit) = this.limit.clone().try_acquire_owned() else {
+                    crate::metrics::rejected_frame("connection_limit");
                     tracing::warn!(listener = %name, %peer, "connection limit reached; closing new connection");
                     continue;
                 };
+                let Some(slot) = this.per_ip.claim(peer.ip()) else {
+                    crate::metrics::rejected_frame("connection_limit_per_ip");
+                    tracing::warn!(listener = %name, %peer, "connection limit for this address reached; closing new connection");
+                    continue;
+                };
+                let budget = this.budget.clone();
                 let _ = socket.set_nodelay(true);
                 let proxy = this.proxy.clone();
                 let shutdown = this.shutdown.clone();
@@ -153,8 +223,10 @@ impl Listeners {
                 this.tracker.spawn(async move {
                     match acceptor {
                         None => {
-                            connection::serve(proxy, socket, peer, name, target, shutdown, None)
-                                .await
+                            connection::serve(
+                                proxy, socket, peer, name, target, shutdown, None, budget,
+                            )
+                            .await
                         }
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(
@@ -176,6 +248,7 @@ impl Listeners {
                                     let target = sni_target(&proxy, tls.get_ref().1.server_name(), target);
                                     connection::serve(
                                         proxy, tls, peer, name, target, shutdown, principal,
+                                        budget,
                                     )
                                     .await
                                 }
@@ -190,6 +263,7 @@ impl Listeners {
                             }
                         }
                     }
+                    drop(slot);
                     drop(permit);
                 });
             }

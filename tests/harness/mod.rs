@@ -784,6 +784,21 @@ impl Proxy {
         }
     }
 
+    /// The process id of the running proxy (the guard's child), found by its
+    /// command line.
+    pub fn pid(&self) -> Option<u32> {
+        let config = self.config_path.display().to_string();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let exe = String::from_utf8_lossy(args.first()?);
+            let is_proxy =
+                exe.ends_with("/switchyard") && args.iter().any(|a| *a == config.as_bytes());
+            is_proxy.then_some(pid)
+        })
+    }
+
     /// SIGKILLs the proxy (its guard kills it with SIGKILL) and starts it again with
     /// the same config file and state directory.
     pub fn kill_and_restart(&self) {
