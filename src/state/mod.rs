@@ -1,14 +1,52 @@
-//! Persisted state (DESIGN.md decision 11): a small append-only log of JSON lines in
-//! `state_dir`, fsynced on every append and compacted on start (the newest record per
-//! key is kept). A torn last line, from a crash in the middle of a write, is dropped.
+//! Persisted state (DESIGN.md decision 11): a small append-only log in
+//! `state_dir/state.log`, fsynced on every append and compacted on start (the newest
+//! record per key is kept).
 //!
 //! It holds switch marks (the end offsets of a topic's partitions on the cluster its
 //! writes moved to, recorded before the first write reaches it) and the progress of
-//! every group switch, one record per phase.
+//! every group switch, one record per phase. Losing a record is silent data loss for
+//! the clients behind the proxy (a consumer group moved with no offsets, a topic read
+//! from the wrong place), so damage is refused rather than skipped.
+//!
+//! # Format
+//!
+//! One record per line: `<len> <crc> <json>\n`, where `<json>` is the record
+//! (`{"mark":{...}}` or `{"group":{...}}`), `<len>` its length in bytes in decimal and
+//! `<crc>` its CRC-32C as 8 lowercase hex digits. JSON never holds a raw newline, so a
+//! line is a record.
+//!
+//! Earlier versions wrote the bare JSON (`<json>\n`). Such lines are still read, and
+//! may be mixed with checksummed ones; compaction rewrites everything checksummed.
+//!
+//! # Recovery rules (on open)
+//!
+//! - Only the final line may be damaged, and only in a way a write cut short by a
+//!   crash can produce: no newline at its end, a checksum or header that does not
+//!   match, fewer bytes than its length says, or (bare JSON) not JSON at all. It was
+//!   never acknowledged (an append returns after its fsync), so it is dropped with a
+//!   warning naming the file and line.
+//! - Anything else is refused and `open` fails with [`StateError::Corrupt`], naming
+//!   the file, the line and the problem: a damaged line with lines after it, a line
+//!   longer than its length says (a lost newline joined two records), or a line that
+//!   is intact (checksum matches, or well-formed bare JSON) but is not a record this
+//!   version understands. Nothing is written in that case, so the file and its
+//!   backup stay as they are for the operator.
+//! - Before compacting, the file as it was is copied to `state.log.bak` (replaced on
+//!   every start, so it holds a dropped torn line until the next start). Compaction
+//!   writes `state.log.tmp`, fsyncs it, renames it over `state.log` and fsyncs the
+//!   directory, so a crash leaves either the old or the new file whole. This also
+//!   removes a torn final line before anything is appended after it.
+//!
+//! # Appends
+//!
+//! A record is written in one `write` and fsynced before the in-memory state changes
+//! and before the caller proceeds. If the write or the fsync fails, the file is cut
+//! back to its length before the append, so a partial line never precedes the next
+//! record; if even that fails, the next append retries the cut before writing.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -118,6 +156,119 @@ impl Record {
             Record::Group(g) => format!("group/{}", g.group),
         }
     }
+
+    /// The record as one checksummed line, newline included.
+    fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("state records serialize");
+        let mut line = format!("{} {:08x} ", json.len(), crc32c::crc32c(&json)).into_bytes();
+        line.extend_from_slice(&json);
+        line.push(b'\n');
+        line
+    }
+
+    /// Reads one line (without its newline) in either format; the flag says whether
+    /// it was the bare JSON of earlier versions.
+    fn decode(line: &[u8]) -> Result<(Record, bool), LineProblem> {
+        match line.first() {
+            None => Err(LineProblem::Empty),
+            Some(b'{') => match serde_json::from_slice::<Record>(line) {
+                Ok(r) => Ok((r, true)),
+                // Well-formed JSON cannot come from a cut-short write: it is a record
+                // this version does not know, or an edit gone wrong.
+                Err(e) if serde_json::from_slice::<serde_json::Value>(line).is_ok() => {
+                    Err(LineProblem::NotARecord(e.to_string()))
+                }
+                Err(e) => Err(LineProblem::BadJson(e.to_string())),
+            },
+            Some(b'0'..=b'9') => {
+                let (declared, stored, json) = split_header(line).ok_or(LineProblem::Header)?;
+                if json.len() != declared {
+                    return Err(LineProblem::Length {
+                        declared,
+                        actual: json.len(),
+                    });
+                }
+                let computed = crc32c::crc32c(json);
+                if computed != stored {
+                    return Err(LineProblem::Checksum { stored, computed });
+                }
+                serde_json::from_slice::<Record>(json)
+                    .map(|r| (r, false))
+                    .map_err(|e| LineProblem::NotARecord(e.to_string()))
+            }
+            Some(_) => Err(LineProblem::Unrecognised),
+        }
+    }
+}
+
+/// `<len> <crc> <json>` → (len, crc, json), or None if the header is malformed.
+fn split_header(line: &[u8]) -> Option<(usize, u32, &[u8])> {
+    let len_end = line.iter().position(|&b| b == b' ')?;
+    let digits = &line[..len_end];
+    // Ten digits already exceed any record; the bound keeps the parse from overflowing.
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let declared = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let rest = &line[len_end + 1..];
+    let hex = rest.get(..8)?;
+    if rest.get(8) != Some(&b' ')
+        || !hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    let stored = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((declared, stored, &rest[9..]))
+}
+
+/// What is wrong with one line of the state file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("no newline at its end")]
+    Unterminated,
+    #[error("the line is empty")]
+    Empty,
+    #[error("neither a checksummed record (`<len> <crc32c> <json>`) nor a JSON record")]
+    Unrecognised,
+    #[error("the record header (`<len> <crc32c> `) is malformed")]
+    Header,
+    #[error("the header says {declared} bytes of record but the line holds {actual}")]
+    Length { declared: usize, actual: usize },
+    #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the line is intact but not a record this version reads: {0}")]
+    NotARecord(String),
+}
+
+impl LineProblem {
+    /// Whether a write cut short by a crash could leave this as the final line. Only
+    /// such damage is tolerated, and only at the very end.
+    fn may_be_torn(&self) -> bool {
+        match self {
+            LineProblem::Unterminated
+            | LineProblem::Empty
+            | LineProblem::Unrecognised
+            | LineProblem::Header
+            | LineProblem::Checksum { .. }
+            | LineProblem::BadJson(_) => true,
+            // A torn write is shorter than its header says, never longer: a longer
+            // line is two records whose newline was lost.
+            LineProblem::Length { declared, actual } => actual < declared,
+            LineProblem::NotARecord(_) => false,
+        }
+    }
+
+    fn why_refused(&self) -> &'static str {
+        if self.may_be_torn() {
+            "lines follow it, so it is not a write cut short at the end"
+        } else {
+            "a write cut short cannot produce this"
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +278,61 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is damaged somewhere a crash cannot explain; nothing was changed.
+    #[error(
+        "state store {} line {line}: {problem}; {}. Refusing to start rather than lose \
+         switch marks or group switch progress: {}",
+        path.display(),
+        problem.why_refused(),
+        restore_hint(backup.as_deref())
+    )]
+    Corrupt {
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        problem: LineProblem,
+        /// The copy kept at the previous start, if there is one.
+        backup: Option<PathBuf>,
+    },
+}
+
+fn restore_hint(backup: Option<&Path>) -> String {
+    match backup {
+        Some(b) => format!(
+            "restore the file from {} (as it was at the previous start) or fix the line",
+            b.display()
+        ),
+        None => "fix the line (there is no backup from a previous start)".to_string(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { path, source }
+}
+
+/// The append side of the log file, so tests can make writes and fsyncs fail.
+trait LogFile: Send {
+    /// Appends `buf` at the end of the file.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes, durably.
+    fn cut(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all(buf)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn cut(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.sync_all()
+    }
 }
 
 pub struct StateStore {
@@ -135,70 +341,165 @@ pub struct StateStore {
 }
 
 struct Inner {
-    file: File,
+    file: Box<dyn LogFile>,
+    /// Bytes of whole, fsynced records: where a failed append is cut back to.
+    len: u64,
+    /// A failed append could not be cut back; retry before the next write.
+    cut_pending: bool,
     records: BTreeMap<String, Record>,
 }
 
-impl StateStore {
-    /// Opens (creating) `dir/state.log`, loads it and rewrites it compacted.
-    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StateError::Io { path, source }
+/// What a read of the file found.
+struct Loaded {
+    records: BTreeMap<String, Record>,
+    bare: usize,
+}
+
+/// Reads the whole file, applying the recovery rules in the module doc.
+fn load(path: &Path, bytes: &[u8]) -> Result<Loaded, StateError> {
+    let mut loaded = Loaded {
+        records: BTreeMap::new(),
+        bare: 0,
+    };
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let (line, next, decoded) = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let line = &bytes[start..start + i];
+                (line, start + i + 1, Record::decode(line))
+            }
+            None => (&bytes[start..], bytes.len(), Err(LineProblem::Unterminated)),
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        let last = next == bytes.len();
+        match decoded {
+            Ok((record, bare)) => {
+                loaded.bare += usize::from(bare);
+                loaded.records.insert(record.key(), record);
+            }
+            Err(problem) if last && problem.may_be_torn() => {
+                tracing::warn!(
+                    path = %path.display(),
+                    line = line_no,
+                    bytes = line.len(),
+                    %problem,
+                    "state store: torn final record dropped (a write cut short by a crash; never acknowledged); the file as it was is kept in state.log.bak until the next start"
+                );
+            }
+            Err(problem) => {
+                return Err(StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    problem,
+                    backup: Some(backup_path(path)).filter(|b| b.exists()),
+                })
+            }
+        }
+        start = next;
+    }
+    Ok(loaded)
+}
+
+fn backup_path(path: &Path) -> PathBuf {
+    sibling(path, "bak")
+}
+
+fn sibling(path: &Path, ext: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(ext);
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
+/// a temp file, fsynced, renamed over, then the directory fsynced.
+fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = sibling(path, "tmp");
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl StateStore {
+    /// Opens (creating) `dir/state.log`, loads it and rewrites it compacted, after
+    /// keeping the file as it was in `dir/state.log.bak`. Fails, changing nothing, if
+    /// the file is damaged anywhere but a torn final record.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        Self::open_with(dir, |f| Box::new(f))
+    }
+
+    fn open_with(
+        dir: &Path,
+        wrap: impl FnOnce(File) -> Box<dyn LogFile>,
+    ) -> Result<StateStore, StateError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
         let path = dir.join("state.log");
-        let mut records = BTreeMap::new();
-        if path.exists() {
-            let f = File::open(&path).map_err(io(&path))?;
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(io(&path))?;
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(r) => {
-                        records.insert(r.key(), r);
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "state store: unreadable line dropped (torn write?)")
-                    }
+        let loaded = match fs::read(&path) {
+            Ok(bytes) => {
+                // Everything is checked before anything is written, so a refusal
+                // leaves the file and the previous backup for the operator.
+                let loaded = load(&path, &bytes)?;
+                replace_file(dir, &backup_path(&path), &bytes)?;
+                loaded
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let backup = backup_path(&path);
+                if backup.exists() {
+                    tracing::warn!(path = %path.display(), backup = %backup.display(), "state store: the file is missing but a backup exists; starting empty (restore the backup to keep its switch marks and group switches)");
+                }
+                Loaded {
+                    records: BTreeMap::new(),
+                    bare: 0,
                 }
             }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        if loaded.bare > 0 {
+            tracing::info!(path = %path.display(), lines = loaded.bare, "state store: lines from an earlier version rewritten with checksums");
         }
-        // Compact: write the live records to a new file, fsync, rename over the old.
-        let tmp = dir.join("state.log.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(io(&tmp))?;
-            for r in records.values() {
-                let line = serde_json::to_string(r).expect("state records serialize");
-                writeln!(f, "{line}").map_err(io(&tmp))?;
-            }
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        let compacted: Vec<u8> = loaded.records.values().flat_map(Record::encode).collect();
+        replace_file(dir, &path, &compacted)?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(io(&path))?;
+            .map_err(io_err(&path))?;
         Ok(StateStore {
             path,
-            inner: Mutex::new(Inner { file, records }),
+            inner: Mutex::new(Inner {
+                file: wrap(file),
+                len: compacted.len() as u64,
+                cut_pending: false,
+                records: loaded.records,
+            }),
         })
     }
 
     fn append(&self, record: Record) -> Result<(), StateError> {
         let mut inner = self.inner.lock().expect("state lock");
-        let line = serde_json::to_string(&record).expect("state records serialize");
-        let io = |source| StateError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        inner
-            .file
-            .write_all(format!("{line}\n").as_bytes())
-            .map_err(io)?;
-        inner.file.sync_data().map_err(io)?;
+        let inner = &mut *inner;
+        if inner.cut_pending {
+            inner.file.cut(inner.len).map_err(io_err(&self.path))?;
+            inner.cut_pending = false;
+        }
+        let line = record.encode();
+        let written = inner.file.append(&line).and_then(|()| inner.file.sync());
+        if let Err(source) = written {
+            // Without the cut, the next record would follow a partial line and turn
+            // it into damage in the middle of the file.
+            if let Err(e) = inner.file.cut(inner.len) {
+                tracing::error!(path = %self.path.display(), error = %e, "state store: could not cut a failed append back; the next append retries");
+                inner.cut_pending = true;
+            }
+            return Err(io_err(&self.path)(source));
+        }
+        inner.len += line.len() as u64;
         inner.records.insert(record.key(), record);
         Ok(())
     }
@@ -250,6 +551,8 @@ impl StateStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn mark(topic: &str, cluster: &str, off: i64) -> Mark {
@@ -264,6 +567,76 @@ mod tests {
         }
     }
 
+    fn group(name: &str, phase: Phase) -> GroupSwitch {
+        GroupSwitch {
+            group: name.into(),
+            from: "source".into(),
+            to: "target".into(),
+            offsets: "marks".into(),
+            when: "drained".into(),
+            phase,
+            reason: None,
+            moves: vec![OffsetMove {
+                topic: "a".into(),
+                partition: 0,
+                old_offset: Some(7),
+                new_offset: 9,
+                method: "marks".into(),
+            }],
+            started_at_ms: 1,
+            updated_at_ms: 2,
+        }
+    }
+
+    fn log(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("state.log")
+    }
+
+    /// A store holding marks a, b and c (in that order, one line each).
+    fn three_marks() -> (tempfile::TempDir, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        for (t, off) in [("a", 10), ("b", 20), ("c", 30)] {
+            s.record_mark(mark(t, "target", off)).unwrap();
+        }
+        drop(s);
+        let bytes = fs::read(log(&dir)).unwrap();
+        (dir, bytes)
+    }
+
+    fn dir_with(bytes: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(log(&dir), bytes).unwrap();
+        dir
+    }
+
+    /// Byte ranges of each line, newline included.
+    fn lines(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'\n' {
+                out.push(start..i + 1);
+                start = i + 1;
+            }
+        }
+        out
+    }
+
+    fn corrupt(dir: &tempfile::TempDir) -> (usize, LineProblem, String) {
+        match StateStore::open(dir.path()) {
+            Err(e @ StateError::Corrupt { .. }) => {
+                let msg = e.to_string();
+                let StateError::Corrupt { line, problem, .. } = e else {
+                    unreachable!()
+                };
+                (line, problem, msg)
+            }
+            Err(e) => panic!("expected a corrupt-file error, got {e}"),
+            Ok(_) => panic!("a damaged file was accepted"),
+        }
+    }
+
     #[test]
     fn marks_survive_reopen_and_compaction_keeps_newest() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,15 +645,300 @@ mod tests {
             s.record_mark(mark("a", "target", 10)).unwrap();
             s.record_mark(mark("a", "target", 20)).unwrap();
             s.record_mark(mark("b", "target", 5)).unwrap();
+            s.record_group(group("g", Phase::Quiescing)).unwrap();
         }
-        // A torn final line from a crash mid-write.
-        let log = dir.path().join("state.log");
-        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
-        f.write_all(b"{\"mark\":{\"topic\":\"c\"").unwrap();
-        drop(f);
         let s = StateStore::open(dir.path()).unwrap();
         assert_eq!(s.mark("a", "target").unwrap().partitions[&0], 20);
         assert_eq!(s.marks().len(), 2);
-        assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 2);
+        assert_eq!(s.group_switches(), vec![group("g", Phase::Quiescing)]);
+        assert_eq!(lines(&fs::read(log(&dir)).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn final_record_cut_at_any_byte_is_dropped_and_the_rest_kept() {
+        let (_full, bytes) = three_marks();
+        let last = lines(&bytes).pop().unwrap();
+        for cut in last.start..bytes.len() {
+            let dir = dir_with(&bytes[..cut]);
+            let s = StateStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("cut at byte {cut} refused: {e}"));
+            assert_eq!(
+                s.mark("a", "target").unwrap().partitions[&0],
+                10,
+                "cut {cut}"
+            );
+            assert_eq!(
+                s.mark("b", "target").unwrap().partitions[&0],
+                20,
+                "cut {cut}"
+            );
+            assert_eq!(s.mark("c", "target"), None, "cut {cut}");
+            // The torn tail is gone before anything is appended after it.
+            assert_eq!(
+                fs::read(log(&dir)).unwrap(),
+                &bytes[..last.start],
+                "cut {cut}"
+            );
+            s.record_mark(mark("c", "target", 31)).unwrap();
+            drop(s);
+            let s = StateStore::open(dir.path()).unwrap();
+            assert_eq!(
+                s.mark("c", "target").unwrap().partitions[&0],
+                31,
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn final_record_with_a_bad_checksum_is_dropped() {
+        // The newline made it to disk but part of the record did not.
+        let (_full, mut bytes) = three_marks();
+        let last = lines(&bytes).pop().unwrap();
+        bytes[last.end - 3] ^= 0x01;
+        let dir = dir_with(&bytes);
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(s.marks().len(), 2);
+        assert_eq!(s.mark("c", "target"), None);
+    }
+
+    #[test]
+    fn any_flipped_byte_in_a_middle_record_refuses_with_path_and_line() {
+        let (_full, bytes) = three_marks();
+        let middle = lines(&bytes)[1].clone();
+        for at in middle.clone() {
+            for flip in [0x01u8, 0x80] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= flip;
+                let dir = dir_with(&damaged);
+                let bak = dir.path().join("state.log.bak");
+                fs::write(&bak, b"previous").unwrap();
+                let (line, problem, msg) = corrupt(&dir);
+                assert_eq!(line, 2, "byte {at} ^ {flip:#x}: {problem}");
+                let path = log(&dir).display().to_string();
+                assert!(msg.contains(&format!("{path} line 2:")), "{msg}");
+                assert!(
+                    msg.contains(&format!("restore the file from {path}.bak")),
+                    "{msg}"
+                );
+                // Refused without touching anything.
+                assert_eq!(fs::read(log(&dir)).unwrap(), damaged);
+                assert_eq!(fs::read(&bak).unwrap(), b"previous");
+            }
+        }
+    }
+
+    #[test]
+    fn lost_newline_before_the_final_record_refuses() {
+        // Two acknowledged records joined into one over-long last line: not a tear.
+        let (_full, mut bytes) = three_marks();
+        let second = lines(&bytes)[1].clone();
+        bytes[second.end - 1] = b' ';
+        let (line, problem, msg) = corrupt(&dir_with(&bytes));
+        assert!(msg.contains("there is no backup"), "{msg}");
+        assert_eq!(line, 2);
+        assert!(matches!(problem, LineProblem::Length { declared, actual } if actual > declared));
+    }
+
+    #[test]
+    fn intact_line_that_is_not_a_record_refuses_even_at_the_end() {
+        let json = br#"{"route":{"version":3}}"#;
+        let mut bytes = three_marks().1;
+        bytes.extend_from_slice(format!("{} {:08x} ", json.len(), crc32c::crc32c(json)).as_bytes());
+        bytes.extend_from_slice(json);
+        bytes.push(b'\n');
+        let (line, problem, _) = corrupt(&dir_with(&bytes));
+        assert_eq!(line, 4);
+        assert!(matches!(problem, LineProblem::NotARecord(_)), "{problem}");
+
+        // The same in the bare format of earlier versions.
+        let mut bytes = three_marks().1;
+        bytes.extend_from_slice(json);
+        bytes.push(b'\n');
+        let (line, problem, _) = corrupt(&dir_with(&bytes));
+        assert_eq!(line, 4);
+        assert!(matches!(problem, LineProblem::NotARecord(_)), "{problem}");
+    }
+
+    #[test]
+    fn damaged_bare_json_line_in_the_middle_refuses() {
+        let mut old = String::new();
+        for r in [
+            Record::Mark(mark("a", "target", 1)),
+            Record::Group(group("g", Phase::Leaving)),
+        ] {
+            old.push_str(&serde_json::to_string(&r).unwrap());
+            old.push('\n');
+        }
+        let torn = old.replacen("\"leaving\"", "\"leav", 1);
+        let old = format!("{}\n{}", &old[..20], old);
+        let (line, problem, _) = corrupt(&dir_with(old.as_bytes()));
+        assert_eq!(line, 1);
+        assert!(matches!(problem, LineProblem::BadJson(_)), "{problem}");
+        // The same damage in the final line is a tear.
+        let s = StateStore::open(dir_with(torn.as_bytes()).path()).unwrap();
+        assert_eq!(s.marks().len(), 1);
+        assert!(s.group_switches().is_empty());
+    }
+
+    #[test]
+    fn earlier_bare_json_file_opens_and_is_rewritten_with_checksums() {
+        let records = [
+            Record::Mark(mark("a", "target", 10)),
+            Record::Group(group("g", Phase::Translated)),
+            Record::Mark(mark("a", "target", 11)),
+        ];
+        let old: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let dir = dir_with(old.as_bytes());
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(s.mark("a", "target").unwrap().partitions[&0], 11);
+        assert_eq!(s.group_switches(), vec![group("g", Phase::Translated)]);
+        let new = fs::read(log(&dir)).unwrap();
+        let ranges = lines(&new);
+        assert_eq!(ranges.len(), 2);
+        for r in ranges {
+            let line = &new[r.start..r.end - 1];
+            assert!(matches!(Record::decode(line), Ok((_, false))));
+        }
+        assert_eq!(
+            fs::read(dir.path().join("state.log.bak")).unwrap(),
+            old.as_bytes()
+        );
+
+        // Lines of both formats in one file.
+        let mut mixed = new.clone();
+        mixed.extend_from_slice(old.as_bytes());
+        let s = StateStore::open(dir_with(&mixed).path()).unwrap();
+        assert_eq!(s.marks().len(), 1);
+        assert_eq!(s.group_switches().len(), 1);
+    }
+
+    #[test]
+    fn backup_holds_the_file_as_it_was_before_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        s.record_mark(mark("a", "target", 1)).unwrap();
+        s.record_mark(mark("a", "target", 2)).unwrap();
+        drop(s);
+        let before = fs::read(log(&dir)).unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        let bak = dir.path().join("state.log.bak");
+        assert_eq!(fs::read(&bak).unwrap(), before);
+        assert!(fs::read(log(&dir)).unwrap().len() < before.len());
+        // Replaced on the next start.
+        s.record_mark(mark("b", "target", 1)).unwrap();
+        drop(s);
+        let before = fs::read(log(&dir)).unwrap();
+        StateStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read(&bak).unwrap(), before);
+        assert!(!dir.path().join("state.log.tmp").exists());
+        assert!(!dir.path().join("state.log.bak.tmp").exists());
+    }
+
+    /// Failures to inject into the next append.
+    #[derive(Default)]
+    struct Faults {
+        /// Write half the buffer, then fail.
+        short_write: bool,
+        fail_sync: bool,
+        fail_cut: bool,
+    }
+
+    struct FaultyFile {
+        file: File,
+        faults: Arc<Mutex<Faults>>,
+    }
+
+    impl LogFile for FaultyFile {
+        fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+            if self.faults.lock().unwrap().short_write {
+                self.file.write_all(&buf[..buf.len() / 2])?;
+                return Err(io::Error::other("injected: no space left"));
+            }
+            self.file.append(buf)
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            if self.faults.lock().unwrap().fail_sync {
+                return Err(io::Error::other("injected: fsync failed"));
+            }
+            self.file.sync()
+        }
+
+        fn cut(&mut self, len: u64) -> io::Result<()> {
+            if self.faults.lock().unwrap().fail_cut {
+                return Err(io::Error::other("injected: truncate failed"));
+            }
+            self.file.cut(len)
+        }
+    }
+
+    fn faulty(dir: &tempfile::TempDir) -> (StateStore, Arc<Mutex<Faults>>) {
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        let s = StateStore::open_with(dir.path(), move |file| {
+            Box::new(FaultyFile { file, faults: f })
+        })
+        .unwrap();
+        (s, faults)
+    }
+
+    fn set(faults: &Mutex<Faults>, short_write: bool, fail_sync: bool, fail_cut: bool) {
+        *faults.lock().unwrap() = Faults {
+            short_write,
+            fail_sync,
+            fail_cut,
+        };
+    }
+
+    #[test]
+    fn failed_append_leaves_no_partial_line_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, faults) = faulty(&dir);
+        s.record_mark(mark("a", "target", 1)).unwrap();
+        let good = fs::read(log(&dir)).unwrap();
+
+        for (short_write, fail_sync) in [(true, false), (false, true)] {
+            set(&faults, short_write, fail_sync, false);
+            let e = s.record_group(group("g", Phase::Committed)).unwrap_err();
+            assert!(matches!(e, StateError::Io { .. }), "{e}");
+            assert!(
+                s.group_switches().is_empty(),
+                "memory changed by a failed append"
+            );
+            assert_eq!(fs::read(log(&dir)).unwrap(), good);
+        }
+
+        set(&faults, false, false, false);
+        s.record_mark(mark("b", "target", 2)).unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(s.marks().len(), 2);
+        assert!(s.group_switches().is_empty());
+    }
+
+    #[test]
+    fn append_after_a_failed_cut_cuts_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, faults) = faulty(&dir);
+        s.record_mark(mark("a", "target", 1)).unwrap();
+
+        set(&faults, true, false, true);
+        s.record_group(group("g", Phase::Committed)).unwrap_err();
+        // Still unable to cut: the append is refused rather than written after the
+        // partial line.
+        set(&faults, false, false, true);
+        s.record_mark(mark("b", "target", 2)).unwrap_err();
+        assert_eq!(s.marks().len(), 1);
+
+        set(&faults, false, false, false);
+        s.record_mark(mark("b", "target", 2)).unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(s.marks().len(), 2);
+        assert!(s.group_switches().is_empty());
     }
 }
