@@ -9,11 +9,15 @@
 //! an address behind NAT, and one bad actor there would shut them all out):
 //! - every failed SaslAuthenticate answer is held back [`FAILURE_DELAY`], and the
 //!   connection is closed after it, so one connection tries one password per
-//!   delay and each try costs a new connection (the listener's connection limit
-//!   bounds how many run at once);
+//!   delay and each try costs a new connection. Across connections the rate is
+//!   still the listener's connection limit per delay (1000 connections: about
+//!   3300 guesses a second), so this slows, it does not stop, a determined
+//!   guesser: long random passwords remain the defence;
 //! - PBKDF2 (PLAIN logins) runs on tokio's blocking threads, at most
 //!   [`max_derivations`] at once, so a flood of logins neither stalls the async
-//!   runtime nor takes every blocking thread; the rest wait their turn;
+//!   runtime nor takes every blocking thread; the rest wait their turn (which
+//!   also caps PLAIN guesses at cores / derivation time). SCRAM needs no PBKDF2
+//!   on the server: the client derives, the server only checks HMACs;
 //! - unknown users cost and look the same as real ones (see `crate::sasl`).
 
 use std::sync::{Arc, OnceLock};
