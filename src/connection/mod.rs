@@ -703,9 +703,9 @@ async fn decide(
     if let Some(server) = &sasl {
         match (&session.sasl, frame.api) {
             (_, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) => {
-                return Ok(Action::Respond(handlers::sasl::handle(
-                    server, session, frame,
-                )?));
+                return Ok(Action::Respond(
+                    handlers::sasl::handle(server, session, frame).await?,
+                ));
             }
             (SaslState::Authenticated, _) => {}
             _ => {
