@@ -380,3 +380,97 @@ async fn a_reload_of_an_unchanged_file_keeps_the_version() {
     assert_eq!(a.proxy.routes().version, 2);
 }
 
+/// Runs the `switchyard` CLI: (exit code, stdout, stderr).
+async fn cli(args: &[&str], token_env: Option<&str>) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(args).env_remove("SWITCHYARD_ADMIN_TOKEN");
+    if let Some(t) = token_env {
+        cmd.env("SWITCHYARD_ADMIN_TOKEN", t);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_sends_the_token_from_each_source() {
+    let a = start("token_file = \"admin.token\"").await;
+    let url = format!("http://{}", a.addr);
+    let config = a.config_path.to_str().unwrap();
+    let token_file = a.config_path.parent().unwrap().join("admin.token");
+    let rollback = ["rollback", "topic", "t", "--admin", &url];
+
+    let (code, out, _) = cli(&rollback, None).await;
+    assert_eq!(code, 1, "no token: {out}");
+    assert!(out.contains("bearer token"), "{out}");
+
+    // SWITCHYARD_ADMIN_TOKEN: through to the handler, which has nothing to roll back.
+    let (code, out, _) = cli(&rollback, Some(TOKEN)).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("nothing to roll back"), "{out}");
+
+    let switch = [
+        "switch",
+        "topic",
+        "t",
+        "--produce",
+        "source",
+        "--consume",
+        "target",
+    ];
+    // --config: the token file and the address both come from [admin] (the address
+    // here is overridden, since the test server listens on a port of its own).
+    let mut args = switch.to_vec();
+    args.extend(["--config", config, "--admin", &url]);
+    let (code, out, err) = cli(&args, None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(a.proxy.routes().consume_cluster("t"), "target");
+
+    let mut args = switch.to_vec();
+    args[2] = "u";
+    args.extend([
+        "--admin",
+        &url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let (code, out, err) = cli(&args, None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(a.proxy.routes().consume_cluster("u"), "target");
+
+    // A named token source that cannot be read stops the CLI before any call.
+    let (code, _, err) = cli(
+        &[
+            "status",
+            "--admin",
+            &url,
+            "--token-file",
+            "/nonexistent/token",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--token-file: /nonexistent/token"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_gives_up_on_a_silent_admin_api() {
+    // Accepts and never answers, like a wedged proxy.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let (code, _, err) = cli(&["status", "--admin", &url, "--timeout", "1"], None).await;
+    hold.abort();
+    assert_eq!(code, 1);
+    assert!(err.contains("did not answer within 1s"), "{err}");
+}
