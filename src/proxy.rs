@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
+use crate::admin::AdminToken;
 use crate::config::{
     Config, ConfigErrors, GroupRoute, Matcher, OffsetStrategy, SwitchWhen, TopicRoute,
 };
@@ -16,7 +17,7 @@ use crate::handlers::sasl::ServerSasl;
 use crate::handlers::VirtualMap;
 use crate::metrics;
 use crate::routes::RouteTable;
-use crate::state::{GroupSwitch, Mark, Phase, StateStore};
+use crate::state::{GroupSwitch, Mark, Phase, StateError, StateStore};
 use crate::switch::groups::GroupSwitches;
 use crate::switch::identity::Identities;
 use crate::switch::inflight::Inflight;
@@ -41,8 +42,15 @@ pub struct Proxy {
     tls: ArcSwap<Option<tokio_rustls::TlsAcceptor>>,
     /// SASL termination (None: clients need not authenticate), rebuilt on reload.
     sasl: ArcSwap<Option<Arc<ServerSasl>>>,
+    /// The admin API's bearer token (None: no token configured), re-read on reload.
+    admin_token: ArcSwap<Option<AdminToken>>,
     /// One route change at a time: a reload and an API switch never interleave.
+    /// Every change reads the running config and table only while holding it, so
+    /// no change is built on a snapshot another change has replaced.
     changing: tokio::sync::Mutex<()>,
+    /// Tests: every state write fails, as on a full or broken disk.
+    #[cfg(test)]
+    fail_state_writes: std::sync::atomic::AtomicBool,
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
     history: Mutex<HashMap<String, PreviousRoute>>,
     /// Group switches in progress, as the request path sees them.
@@ -78,6 +86,18 @@ fn server_sasl(config: &Config) -> Result<Option<Arc<ServerSasl>>, String> {
         }))),
     }
 }
+
+fn admin_token(config: &Config) -> Result<Option<AdminToken>, String> {
+    config
+        .admin_auth
+        .token
+        .as_ref()
+        .map(AdminToken::resolve)
+        .transpose()
+}
+
+/// Held while a change is built and applied; see [`Proxy::changing`].
+type Changing<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 fn acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
     match &config.listener.tls {
@@ -118,6 +138,7 @@ impl Proxy {
         let state = StateStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
         let tls = acceptor(&config)?;
         let sasl = server_sasl(&config)?;
+        let token = admin_token(&config)?;
         Ok(Arc::new_cyclic(|me| Proxy {
             me: me.clone(),
             config_path,
@@ -127,11 +148,14 @@ impl Proxy {
             api_table: ArcSwap::from_pointee(ApiTable::new()),
             tls: ArcSwap::from_pointee(tls),
             sasl: ArcSwap::from_pointee(sasl),
+            admin_token: ArcSwap::from_pointee(token),
             state,
             producers: Arc::new(Producers::default()),
             identities: Identities::default(),
             inflight: Arc::new(Inflight::default()),
             changing: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            fail_state_writes: std::sync::atomic::AtomicBool::new(false),
             history: Mutex::new(HashMap::new()),
             group_switches: GroupSwitches::default(),
             pins: Mutex::new(BTreeMap::new()),
@@ -206,6 +230,16 @@ impl Proxy {
         group: &str,
         req: GroupSwitchRequest,
     ) -> Result<u64, SwitchRefused> {
+        let changing = self.changing.lock().await;
+        self.switch_group_locked(&changing, group, req).await
+    }
+
+    async fn switch_group_locked(
+        &self,
+        changing: &Changing<'_>,
+        group: &str,
+        req: GroupSwitchRequest,
+    ) -> Result<u64, SwitchRefused> {
         let invalid = |e: String| SwitchRefused::Invalid(ConfigErrors(vec![e]));
         if !self.clusters.contains_key(&req.to) {
             return Err(invalid(format!("unknown cluster `{}`", req.to)));
@@ -259,7 +293,10 @@ impl Proxy {
             offsets,
             when,
         });
-        let result = self.apply(new).await.map_err(SwitchRefused::Invalid);
+        let result = self
+            .apply(changing, new)
+            .await
+            .map_err(SwitchRefused::Invalid);
         if let Ok(v) = &result {
             tracing::info!(group, to = %req.to, version = v, "group switch asked through the admin API");
         }
@@ -269,6 +306,7 @@ impl Proxy {
     /// Switches a group back to where its latest switch took it from (or cancels
     /// that switch if it has not flipped yet).
     pub async fn rollback_group(&self, group: &str) -> Result<u64, SwitchRefused> {
+        let changing = self.changing.lock().await;
         let last =
             self.state.group_switches().into_iter().find(|s| {
                 s.group == group && s.phase != Phase::Failed && s.phase != Phase::Cancelled
@@ -282,7 +320,8 @@ impl Proxy {
             .routes()
             .group_row(group)
             .map_or(SwitchWhen::Drained, |r| r.when);
-        self.switch_group(
+        self.switch_group_locked(
+            &changing,
             group,
             GroupSwitchRequest {
                 to: last.from,
@@ -384,16 +423,37 @@ impl Proxy {
     /// topics whose writes move, then swaps the routing table in one store. On any
     /// error nothing changes and every error is returned. Cluster and listener
     /// changes need a restart; they are reported, not applied.
+    ///
+    /// A file whose validated content equals the running config is not a change:
+    /// the route version stays, so one edit that fires several triggers (file
+    /// watcher, SIGHUP, `POST /reload`) makes one new version. Certificates, the
+    /// SASL users file and the admin token are re-read even then, since those files
+    /// are renewed under unchanged paths.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let changing = self.changing.lock().await;
         let result = match &self.config_path {
             None => Err(ConfigErrors(vec!["no config file to reload".into()])),
             Some(path) => Config::load(path),
         };
+        let mut unchanged = false;
         let result = match result {
-            Ok(new) => self.apply(new).await,
+            Ok(new) if new == *self.config() => {
+                unchanged = true;
+                self.reread_files(&changing, &new)
+                    .map(|()| self.routes().version)
+            }
+            Ok(new) => self.apply(&changing, new).await,
             Err(e) => Err(e),
         };
+        drop(changing);
         match &result {
+            Ok(version) if unchanged => {
+                metrics::reload("ok");
+                tracing::info!(
+                    version,
+                    "config reloaded: unchanged; routes keep their version"
+                );
+            }
             Ok(version) => {
                 metrics::reload("ok");
                 tracing::info!(version, "config reloaded; routing table swapped");
@@ -409,6 +469,16 @@ impl Proxy {
     /// Switches one topic's routes on top of the running table (admin API and CLI).
     /// The config file is not edited: the next file reload replaces this change.
     pub async fn switch_topic(&self, topic: &str, req: TopicSwitch) -> Result<u64, ConfigErrors> {
+        let changing = self.changing.lock().await;
+        self.switch_topic_locked(&changing, topic, req).await
+    }
+
+    async fn switch_topic_locked(
+        &self,
+        changing: &Changing<'_>,
+        topic: &str,
+        req: TopicSwitch,
+    ) -> Result<u64, ConfigErrors> {
         let mut errors = Vec::new();
         for c in req.produce.iter().chain(req.consume.iter()) {
             if !self.clusters.contains_key(c) {
@@ -450,7 +520,7 @@ impl Proxy {
             .topics
             .retain(|t| !matches!(&t.matcher, Matcher::Exact(n) if n == topic));
         new.routes.topics.push(row);
-        let result = self.apply(new).await;
+        let result = self.apply(changing, new).await;
         if let Ok(v) = &result {
             metrics::switch("topic", "ok");
             tracing::info!(topic, version = v, "topic switched through the admin API");
@@ -462,6 +532,7 @@ impl Proxy {
 
     /// Puts a topic back where it was before its latest switch.
     pub async fn rollback_topic(&self, topic: &str) -> Result<u64, ConfigErrors> {
+        let changing = self.changing.lock().await;
         let previous = self
             .history
             .lock()
@@ -473,14 +544,17 @@ impl Proxy {
                 "topic `{topic}` has not been switched since this proxy started; nothing to roll back"
             )]));
         };
-        self.switch_topic(topic, TopicSwitch { produce, consume })
+        self.switch_topic_locked(&changing, topic, TopicSwitch { produce, consume })
             .await
     }
 
     /// Validates `new` against the running config, records marks for every topic
-    /// whose writes move, and swaps the table. All or nothing.
-    async fn apply(&self, new: Config) -> Result<u64, ConfigErrors> {
-        let _one_at_a_time = self.changing.lock().await;
+    /// whose writes move, and swaps the table. All or nothing: everything that can
+    /// fail (validation, certificates, upstream reads, state writes) happens before
+    /// the first store into memory, so a failure leaves the running proxy exactly as
+    /// it was. The caller holds `changing` and built `new` from the running config
+    /// while holding it.
+    async fn apply(&self, _changing: &Changing<'_>, new: Config) -> Result<u64, ConfigErrors> {
         let old = self.config.load_full();
         let mut errors = Vec::new();
         if new.clusters != old.clusters {
@@ -498,6 +572,7 @@ impl Proxy {
         // Certificates are re-read on every reload (same paths, renewed files).
         let tls = acceptor(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let sasl = server_sasl(&new).map_err(|e| ConfigErrors(vec![e]))?;
+        let token = admin_token(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let old_table = self.routes.load_full();
         let version = old_table.version + 1;
         let mut table = RouteTable::new(version, &new);
@@ -514,8 +589,6 @@ impl Proxy {
             .flips(&old_table, &table, timeout)
             .await
             .map_err(|e| ConfigErrors(vec![e]))?;
-        // Marks first, durably: they must describe the target before any write
-        // routed by the new table can reach it.
         let mut marks = Vec::new();
         for flip in &flips {
             let cluster = self
@@ -528,12 +601,12 @@ impl Proxy {
                     .map_err(|e| ConfigErrors(vec![e]))?,
             );
         }
-        for m in marks {
-            tracing::info!(topic = %m.topic, cluster = %m.cluster, partitions = m.partitions.len(), "switch mark recorded");
-            self.state
-                .record_mark(m)
-                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
-        }
+        // Durable before anything is visible: marks must describe the target before
+        // any write routed by the new table can reach it, and a group's switch
+        // record must exist before the table that pins the group.
+        self.persist(marks, &group_plan.start)?;
+
+        // From here on nothing fails.
         {
             let mut history = self.history.lock().expect("history lock");
             for flip in &flips {
@@ -548,13 +621,8 @@ impl Proxy {
         }
         self.tls.store(Arc::new(tls));
         self.sasl.store(Arc::new(sasl));
+        self.admin_token.store(Arc::new(token));
         self.config.store(Arc::new(new));
-        for sw in &group_plan.start {
-            // Durable before the table that pins the group is visible.
-            self.state
-                .record_group(sw.clone())
-                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
-        }
         *self.pins.lock().expect("pins lock") = group_plan.pins;
         self.routes.store(Arc::new(table));
         metrics::route_version(version);
@@ -574,6 +642,69 @@ impl Proxy {
             tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipped");
         }
         Ok(version)
+    }
+
+    /// A reload that changes no route still picks up renewed certificates, users
+    /// and admin token; like [`Proxy::apply`], all are read before any is stored.
+    fn reread_files(&self, _changing: &Changing<'_>, config: &Config) -> Result<(), ConfigErrors> {
+        let tls = acceptor(config).map_err(|e| ConfigErrors(vec![e]))?;
+        let sasl = server_sasl(config).map_err(|e| ConfigErrors(vec![e]))?;
+        let token = admin_token(config).map_err(|e| ConfigErrors(vec![e]))?;
+        self.tls.store(Arc::new(tls));
+        self.sasl.store(Arc::new(sasl));
+        self.admin_token.store(Arc::new(token));
+        Ok(())
+    }
+
+    /// Writes a change's marks and group switch records. When a write fails, the
+    /// switch records this change already wrote are marked cancelled (best effort:
+    /// the disk just failed), so a restart does not resume a switch that never
+    /// started. Marks written before the failure stay: a mark is a measurement of
+    /// the target's end offsets, and the next flip of that topic replaces it.
+    fn persist(&self, marks: Vec<Mark>, starts: &[GroupSwitch]) -> Result<(), ConfigErrors> {
+        let failed = |e: StateError| {
+            ConfigErrors(vec![format!(
+                "{e}; the change was not applied and the running routes stay"
+            )])
+        };
+        for m in marks {
+            tracing::info!(topic = %m.topic, cluster = %m.cluster, partitions = m.partitions.len(), "switch mark recorded");
+            self.write_state(|s| s.record_mark(m)).map_err(failed)?;
+        }
+        for (i, sw) in starts.iter().enumerate() {
+            if let Err(e) = self.write_state(|s| s.record_group(sw.clone())) {
+                for written in &starts[..i] {
+                    let mut undo = written.clone();
+                    undo.phase = Phase::Cancelled;
+                    undo.reason = Some("the change that started it was not applied".into());
+                    let _ = self.write_state(|s| s.record_group(undo));
+                }
+                return Err(failed(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_state(
+        &self,
+        write: impl FnOnce(&StateStore) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        #[cfg(test)]
+        if self
+            .fail_state_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StateError::Io {
+                path: PathBuf::from("state.log"),
+                source: std::io::Error::other("injected write failure"),
+            });
+        }
+        write(&self.state)
+    }
+
+    /// The admin API's bearer token, if one is configured.
+    pub fn admin_token(&self) -> Option<AdminToken> {
+        (**self.admin_token.load()).clone()
     }
 
     /// When a pattern row or `default_cluster` changed: the consumer groups each
@@ -704,5 +835,99 @@ impl Proxy {
             .await
             .map_err(|e| format!("listing topics to compare routes: {e}"))?;
         Ok(switch::produce_flips(old, new, &topics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clusters that are never reached: nothing listens on port 1, and the
+    /// changes below (consume routes, drained group switches) need no upstream.
+    fn proxy(dir: &std::path::Path) -> Arc<Proxy> {
+        let text = format!(
+            r#"
+            [proxy]
+            state_dir = "{}"
+            [listener]
+            bind = "127.0.0.1:9092"
+            [clusters.source]
+            bootstrap = ["127.0.0.1:1"]
+            [clusters.target]
+            bootstrap = ["127.0.0.1:1"]
+            node_id_offset = 1000
+            [routes]
+            default_cluster = "source"
+            "#,
+            dir.join("state").display()
+        );
+        let config = Config::from_toml(&text, Vec::<(String, String)>::new(), dir).unwrap();
+        Proxy::new(config, None).unwrap()
+    }
+
+    fn consume_on_target() -> TopicSwitch {
+        TopicSwitch {
+            produce: None,
+            consume: Some("target".into()),
+        }
+    }
+
+    /// Both switches queue behind a change in progress. Each must build its new
+    /// config from what the other left, not from the table both saw while waiting.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_switches_of_two_topics_both_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = proxy(dir.path());
+        let held = p.changing.lock().await;
+        let a = tokio::spawn({
+            let p = p.clone();
+            async move { p.switch_topic("a", consume_on_target()).await }
+        });
+        let b = tokio::spawn({
+            let p = p.clone();
+            async move { p.switch_topic("b", consume_on_target()).await }
+        });
+        // One thread: each yield lets both tasks run until they wait for the lock.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        let routes = p.routes();
+        assert_eq!(routes.version, 3);
+        assert_eq!(routes.consume_cluster("a"), "target");
+        assert_eq!(routes.consume_cluster("b"), "target");
+    }
+
+    /// A group switch writes its record before the table that pins the group is
+    /// visible. When that write fails, nothing of the change may be visible.
+    #[tokio::test(flavor = "current_thread")]
+    async fn failed_state_write_leaves_the_running_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = proxy(dir.path());
+        let before = p.config();
+        p.fail_state_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let result = p
+            .switch_group(
+                "billing",
+                GroupSwitchRequest {
+                    to: "target".into(),
+                    offsets: None,
+                    when: None,
+                },
+            )
+            .await;
+        let Err(SwitchRefused::Invalid(e)) = result else {
+            panic!("expected the state write to fail the switch: {result:?}");
+        };
+        assert!(e.to_string().contains("injected write failure"), "{e}");
+        assert_eq!(*p.config(), *before);
+        assert_eq!(p.routes().version, 1);
+        assert_eq!(p.routes().group_cluster("billing"), "source");
+        assert!(p.routes().pins.is_empty());
+        assert!(!p.group_switches.is_live("billing"));
+        assert!(p.group_switch_records().is_empty());
     }
 }

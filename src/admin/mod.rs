@@ -1,19 +1,125 @@
 //! The admin HTTP API (SPEC.md "Admin API"): Prometheus metrics, status, reload.
 //! Bound to loopback by default; it can change routes, so it is an operator's port.
+//!
+//! # Who may call it
+//!
+//! Every request passes [`guard`] first. A request is *mutating* unless its method is
+//! GET or HEAD (every route that changes anything is a POST).
+//!
+//! 1. **Token.** With `[admin] token_env` or `token_file` set, a mutating request
+//!    needs `Authorization: Bearer <token>`; with `token_for_reads = true` so does
+//!    every GET except [`OPEN_READS`]. Missing or wrong: 401 with
+//!    `WWW-Authenticate: Bearer` and a JSON error. The token is compared as a
+//!    SHA-256 digest in constant time and is never logged.
+//! 2. **Host** (mutating, no token configured). `Host` must be `localhost`, a
+//!    loopback IP, or the admin's bind IP, any port: a DNS-rebinding page reaches
+//!    the port under its own name (`Host: evil.example`), which is refused (403).
+//!    With a token configured the token is the proof and any `Host` is accepted,
+//!    so a gateway can be called under its DNS name: a browser cannot attach an
+//!    `Authorization` header to a cross-site request without a CORS preflight,
+//!    which this API never grants.
+//! 3. **Origin** (mutating, always). Browsers send `Origin` on every cross-site
+//!    POST; when present it must be `http://` plus the request's own `Host`, else
+//!    403. A web page on another origin can never trigger a change.
+//! 4. **Content type** (mutating, always). A `Content-Type` other than
+//!    `application/json`, or a body without one, is refused (415). HTML forms can
+//!    only send `text/plain`, `application/x-www-form-urlencoded` and
+//!    `multipart/form-data` without a preflight, so cross-site form posts never
+//!    get through even where `Origin` is missing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::TokenSource;
 use crate::proxy::{GroupSwitchRequest, Proxy, SwitchRefused, TopicSwitch};
+
+/// GETs that stay open with `token_for_reads = true`: liveness probes carry no
+/// credentials and reveal nothing.
+/// The token itself, for the CLI that sends it; the proxy keeps only
+/// [`AdminToken`]. Errors never contain the secret.
+pub fn read_secret(source: &TokenSource) -> Result<String, String> {
+    let secret = match source {
+        TokenSource::Env(name) => match std::env::var(name) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(format!(
+                    "[admin] token_env: environment variable `{name}` is not set"
+                ))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!(
+                    "[admin] token_env: environment variable `{name}` is not UTF-8"
+                ))
+            }
+        },
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("[admin] token_file: {}: {e}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    };
+    // Surrounding whitespace is never part of a token: files end in newlines and
+    // `export X="$(cat f)"` keeps them.
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(match source {
+            TokenSource::Env(name) => {
+                format!("[admin] token_env: environment variable `{name}` is empty")
+            }
+            TokenSource::File(path) => format!("[admin] token_file: {} is empty", path.display()),
+        });
+    }
+    Ok(secret.to_string())
+}
+
+pub const OPEN_READS: &[&str] = &["/healthz", "/readyz"];
+
+/// The admin bearer token, kept only as its SHA-256 digest. Comparing two digests
+/// of equal length byte by byte without an early exit reveals neither the token's
+/// content nor its length through timing, and the secret itself is never held
+/// where a `Debug` or a log line could print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    pub fn from_secret(secret: &str) -> AdminToken {
+        AdminToken(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Reads the token from its source now (startup and every reload, so a rotated
+    /// token file takes effect on reload). Errors never contain the secret.
+    pub fn resolve(source: &TokenSource) -> Result<AdminToken, String> {
+        read_secret(source).map(|s| AdminToken::from_secret(&s))
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let diff = self
+            .0
+            .iter()
+            .zip(other.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
 
 #[derive(Clone)]
 struct AdminState {
@@ -22,6 +128,7 @@ struct AdminState {
 }
 
 pub fn router(proxy: Arc<Proxy>, metrics: PrometheusHandle) -> Router {
+    let state = AdminState { proxy, metrics };
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
@@ -33,7 +140,131 @@ pub fn router(proxy: Arc<Proxy>, metrics: PrometheusHandle) -> Router {
         .route("/rollback/group/{name}", post(rollback_group))
         .route("/switch/{kind}/{name}", post(unknown_kind))
         .route("/rollback/{kind}/{name}", post(unknown_kind))
-        .with_state(AdminState { proxy, metrics })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+fn refused(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        Json(json!({ "errors": [format!("admin API: {why}")] })),
+    )
+        .into_response()
+}
+
+/// The rules in the module doc, in that order.
+async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let config = s.proxy.config();
+    let token = s.proxy.admin_token();
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let headers = req.headers();
+    if let Some(expected) = &token {
+        let needed = mutating
+            || (config.admin_auth.token_for_reads && !OPEN_READS.contains(&req.uri().path()));
+        if needed && !bearer(headers).is_some_and(|t| expected.matches(t)) {
+            tracing::warn!(method = %req.method(), path = req.uri().path(), "admin request refused: missing or wrong bearer token");
+            let mut resp = refused(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+            );
+            return resp;
+        }
+    }
+    if mutating {
+        let host = match &token {
+            None => loopback_host(headers, config.admin_bind),
+            Some(_) => Ok(()),
+        };
+        let check = host
+            .and_then(|()| same_origin(headers))
+            .map_err(|e| (StatusCode::FORBIDDEN, e))
+            .and_then(|()| {
+                json_or_empty(headers).map_err(|e| (StatusCode::UNSUPPORTED_MEDIA_TYPE, e))
+            });
+        if let Err((status, why)) = check {
+            tracing::warn!(method = %req.method(), path = req.uri().path(), reason = %why, "admin request refused");
+            return refused(status, &why);
+        }
+    }
+    next.run(req).await
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, header::AUTHORIZATION)?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn loopback_host(headers: &HeaderMap, bind: SocketAddr) -> Result<(), String> {
+    let Some(host) = header_str(headers, header::HOST) else {
+        return Err("a Host header is required".into());
+    };
+    let name = host_name(host);
+    let ok = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| {
+            ip.to_canonical().is_loopback() || (!ip.is_unspecified() && ip == bind.ip())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "Host `{host}` is not this admin API's address; without a token only loopback names are accepted"
+        ))
+    }
+}
+
+fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let own = header_str(headers, header::HOST).map(|h| format!("http://{h}"));
+    match own {
+        Some(own) if own.eq_ignore_ascii_case(origin) => Ok(()),
+        _ => Err(format!(
+            "cross-origin request from `{origin}` refused; the admin API is not for web pages"
+        )),
+    }
+}
+
+fn json_or_empty(headers: &HeaderMap) -> Result<(), String> {
+    match header_str(headers, header::CONTENT_TYPE) {
+        Some(ct) => {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence.eq_ignore_ascii_case("application/json") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Content-Type `{ct}` refused; send application/json"
+                ))
+            }
+        }
+        None => {
+            let empty = !headers.contains_key(header::TRANSFER_ENCODING)
+                && header_str(headers, header::CONTENT_LENGTH).is_none_or(|l| l.trim() == "0");
+            if empty {
+                Ok(())
+            } else {
+                Err("a request body needs Content-Type: application/json".into())
+            }
+        }
+    }
 }
 
 /// Serves the admin API until `shutdown`.

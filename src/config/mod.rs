@@ -250,12 +250,34 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
 }
 
+/// Where the admin API's bearer token comes from. Only the source is part of the
+/// config; the secret itself is read when the proxy starts and on every reload (see
+/// `crate::admin::AdminToken`), so a config can be checked on a machine without it
+/// and the token never sits in a value that is logged or compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `[admin] token_env`: the name of an environment variable.
+    Env(String),
+    /// `[admin] token_file`: a file whose first line is the token.
+    File(PathBuf),
+}
+
+/// Who may call the admin API: `[admin]` besides `bind`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminAuth {
+    /// None: no token; then `bind` must be a loopback address.
+    pub token: Option<TokenSource>,
+    /// Whether GETs need the token too (mutating calls always do when one is set).
+    pub token_for_reads: bool,
+}
+
 /// A validated configuration. Building one proves every cross-reference holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub proxy: ProxyConfig,
     pub listener: ListenerConfig,
     pub admin_bind: SocketAddr,
+    pub admin_auth: AdminAuth,
     /// Clusters in name order.
     pub clusters: Vec<ClusterConfig>,
     pub routes: RoutesConfig,
@@ -287,29 +309,115 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         base_dir: &Path,
     ) -> Result<Config, ConfigErrors> {
-        let env_map: std::collections::HashMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("SWITCHYARD__"))
-            .collect();
-        let built = ::config::Config::builder()
-            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
-            .add_source(
-                ::config::Environment::with_prefix("SWITCHYARD")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("clusters.source.bootstrap")
-                    .with_list_parse_key("clusters.target.bootstrap")
-                    .source(Some(env_map)),
-            )
-            .build()
-            .map_err(|e| ConfigErrors(vec![format!("config syntax: {e}")]))?;
-        let raw: RawConfig = built
-            .try_deserialize()
-            .map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?;
-        validate(raw, base_dir)
+        validate(raw_from_toml(text, env)?, base_dir)
     }
+
+    /// Only the `[admin]` section of the config file at `path` (with environment
+    /// overrides), validated by the same rules as [`Config::load`]. The CLI uses it
+    /// to find the admin address and token without needing every other file the
+    /// config names to be readable where it runs.
+    pub fn load_admin(path: &Path) -> Result<(SocketAddr, AdminAuth), ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        let raw = raw_from_toml(&text, std::env::vars())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errors = Vec::new();
+        let admin = validate_admin(&mut errors, &raw.admin, base);
+        if errors.is_empty() {
+            Ok(admin)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn raw_from_toml(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RawConfig, ConfigErrors> {
+    let env_map: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("SWITCHYARD__"))
+        .collect();
+    let built = ::config::Config::builder()
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+        .add_source(
+            ::config::Environment::with_prefix("SWITCHYARD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("clusters.source.bootstrap")
+                .with_list_parse_key("clusters.target.bootstrap")
+                .source(Some(env_map)),
+        )
+        .build()
+        .map_err(|e| ConfigErrors(vec![format!("config syntax: {e}")]))?;
+    built
+        .try_deserialize()
+        .map_err(|e| ConfigErrors(vec![format!("config: {e}")]))
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+/// `[admin]`: its bind address and who may call it. The admin API can reroute every
+/// client, so an address other machines can reach (anything but loopback, including
+/// `0.0.0.0`) is refused unless a token guards it.
+fn validate_admin(
+    errors: &mut Vec<String>,
+    raw: &raw::RawAdmin,
+    base: &Path,
+) -> (SocketAddr, AdminAuth) {
+    unknown_keys(errors, "admin", &raw.unknown);
+    let text = raw.bind.clone().unwrap_or_else(|| "127.0.0.1:9644".into());
+    let bind = match text.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(format!("[admin] bind: `{text}` is not an IP:port address"));
+            "127.0.0.1:9644".parse().unwrap()
+        }
+    };
+    let token = match (&raw.token_env, &raw.token_file) {
+        (Some(_), Some(_)) => {
+            errors.push("[admin]: token_env and token_file are both set; give exactly one".into());
+            None
+        }
+        (Some(name), None) if name.is_empty() => {
+            errors.push("[admin] token_env: must name an environment variable".into());
+            None
+        }
+        (Some(name), None) => Some(TokenSource::Env(name.clone())),
+        (None, Some(file)) if file.is_empty() => {
+            errors.push("[admin] token_file: must name a file".into());
+            None
+        }
+        (None, Some(file)) => Some(TokenSource::File(resolve_path(base, file))),
+        (None, None) => None,
+    };
+    let guarded = raw.token_env.is_some() || raw.token_file.is_some();
+    if !guarded && !bind.ip().to_canonical().is_loopback() {
+        errors.push(format!(
+            "[admin] bind: {bind} is reachable from other machines and the admin API can reroute every client; set token_env or token_file, or bind to 127.0.0.1"
+        ));
+    }
+    let token_for_reads = raw.token_for_reads.unwrap_or(false);
+    if token_for_reads && !guarded {
+        errors.push("[admin] token_for_reads: needs token_env or token_file".into());
+    }
+    (
+        bind,
+        AdminAuth {
+            token,
+            token_for_reads,
+        },
+    )
 }
 
 fn unknown_keys(errors: &mut Vec<String>, section: &str, unknown: &Unknown) {
@@ -341,14 +449,7 @@ fn parse_matcher(errors: &mut Vec<String>, section: &str, key: &str) -> Option<M
 
 fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let resolve = |p: &str| -> PathBuf {
-        let p = PathBuf::from(p);
-        if p.is_absolute() {
-            p
-        } else {
-            base.join(p)
-        }
-    };
+    let resolve = |p: &str| resolve_path(base, p);
 
     unknown_keys(&mut errors, "", &raw.unknown);
 
@@ -574,21 +675,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     };
 
     // [admin]
-    unknown_keys(&mut errors, "admin", &raw.admin.unknown);
-    let admin_text = raw
-        .admin
-        .bind
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:9644".into());
-    let admin_bind = match admin_text.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            errors.push(format!(
-                "[admin] bind: `{admin_text}` is not an IP:port address"
-            ));
-            "127.0.0.1:9644".parse().unwrap()
-        }
-    };
+    let (admin_bind, admin_auth) = validate_admin(&mut errors, &raw.admin, base);
     if admin_bind == bind {
         errors.push(format!(
             "[admin] bind: {admin_bind} is also the listener's bind address"
@@ -882,6 +969,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         proxy,
         listener,
         admin_bind,
+        admin_auth,
         clusters,
         routes: RoutesConfig {
             default_cluster,
@@ -1031,5 +1119,81 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("both map to topic `b`"), "{err}");
+    }
+
+    fn with_admin(admin: &str) -> Result<Config, ConfigErrors> {
+        parse(&format!("{MINIMAL}\n[admin]\n{admin}\n"))
+    }
+
+    #[test]
+    fn admin_on_a_non_loopback_address_needs_a_token() {
+        for bind in ["0.0.0.0:9644", "[::]:9644", "10.1.2.3:9644"] {
+            let err = with_admin(&format!("bind = \"{bind}\"")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("reachable from other machines and the admin API can reroute every client; set token_env or token_file"),
+                "{bind}: {err}"
+            );
+        }
+        for bind in ["127.0.0.1:9644", "127.0.0.2:9644", "[::1]:9644"] {
+            with_admin(&format!("bind = \"{bind}\"")).unwrap();
+        }
+        let c = with_admin("bind = \"0.0.0.0:9644\"\ntoken_env = \"ADMIN_TOKEN\"").unwrap();
+        assert_eq!(
+            c.admin_auth.token,
+            Some(TokenSource::Env("ADMIN_TOKEN".into()))
+        );
+        assert!(!c.admin_auth.token_for_reads);
+    }
+
+    #[test]
+    fn admin_token_has_exactly_one_source() {
+        let err = with_admin("token_env = \"A\"\ntoken_file = \"t\"").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("token_env and token_file are both set"),
+            "{err}"
+        );
+        let err = with_admin("token_env = \"\"").unwrap_err();
+        assert!(err.to_string().contains("token_env: must name"), "{err}");
+        let err = with_admin("token_for_reads = true").unwrap_err();
+        assert!(
+            err.to_string().contains("token_for_reads: needs token_env"),
+            "{err}"
+        );
+        let err = with_admin("token = \"secret\"").unwrap_err();
+        assert!(
+            err.to_string().contains("[admin]: unknown key `token`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn admin_token_file_is_relative_to_the_config_file() {
+        let text =
+            format!("{MINIMAL}\n[admin]\ntoken_file = \"secrets/admin\"\ntoken_for_reads = true\n");
+        let c =
+            Config::from_toml(&text, Vec::<(String, String)>::new(), Path::new("/etc/sy")).unwrap();
+        assert_eq!(
+            c.admin_auth.token,
+            Some(TokenSource::File(PathBuf::from("/etc/sy/secrets/admin")))
+        );
+        assert!(c.admin_auth.token_for_reads);
+    }
+
+    #[test]
+    fn load_admin_reads_only_the_admin_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        // The listener's TLS files do not exist; the CLI still finds its token.
+        std::fs::write(
+            &path,
+            "[listener.tls]\ncert = \"missing.crt\"\nkey = \"missing.key\"\n[admin]\nbind = \"127.0.0.1:9700\"\ntoken_file = \"tok\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        let (bind, auth) = Config::load_admin(&path).unwrap();
+        assert_eq!(bind, "127.0.0.1:9700".parse().unwrap());
+        assert_eq!(auth.token, Some(TokenSource::File(dir.path().join("tok"))));
     }
 }

@@ -92,6 +92,11 @@ pub struct RawListenerTls {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+    /// Name of the environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// File holding the bearer token (first line), re-read on every reload.
+    pub token_file: Option<String>,
+    pub token_for_reads: Option<bool>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
