@@ -146,10 +146,12 @@ pub enum ResponseRewrite {
     Configs,
     /// Produce across clusters: refused partitions merged back, names made logical.
     Produce(Box<routing::Plan>),
-    /// The issued producer id becomes virtual (it names the issuing cluster).
+    /// The issued producer id becomes virtual (it names the issuing cluster) and is
+    /// recorded as issued, which is what lets it write to other clusters.
     InitProducerId {
         cluster: usize,
         name: String,
+        producers: std::sync::Arc<crate::switch::producers::Producers>,
     },
     /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
     FetchRouted(Box<routing::Plan>),
@@ -166,6 +168,10 @@ pub enum ResponseRewrite {
     /// The client asked OffsetForLeaderEpoch; the proxy sent ListOffsets(latest)
     /// instead and answers from it (PROTOCOL.md §1).
     EpochFromListOffsets(offsets::EpochQuery),
+    /// A group request whose acceptance links the client's identity to the group
+    /// (DESIGN.md decision 8): checked on the upstream's answer, then the inner
+    /// rewrite applies.
+    GroupLink(Box<routing::GroupLink>),
 }
 
 /// What to do with one request.
@@ -297,8 +303,25 @@ pub fn rewrite_response(
     frame: Bytes,
     map: &VirtualMap,
 ) -> Result<Bytes, DecodeError> {
-    let (api, version) = (fwd.upstream_api, fwd.upstream_version);
-    match &fwd.rewrite {
+    rewrite_with(
+        &fwd.rewrite,
+        (fwd.upstream_api, fwd.upstream_version),
+        client_api,
+        client_version,
+        frame,
+        map,
+    )
+}
+
+fn rewrite_with(
+    rewrite: &ResponseRewrite,
+    (api, version): (ApiKey, i16),
+    client_api: ApiKey,
+    client_version: i16,
+    frame: Bytes,
+    map: &VirtualMap,
+) -> Result<Bytes, DecodeError> {
+    match rewrite {
         ResponseRewrite::None => Ok(frame),
         ResponseRewrite::Metadata => metadata::rewrite_metadata_frame(frame, version, map),
         ResponseRewrite::FindCoordinator => {
@@ -312,9 +335,11 @@ pub fn rewrite_response(
         ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
         ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
         ResponseRewrite::Produce(plan) => routing::rewrite_produce_response(frame, version, plan),
-        ResponseRewrite::InitProducerId { cluster, name } => {
-            routing::rewrite_init_producer_id(frame, version, *cluster, name)
-        }
+        ResponseRewrite::InitProducerId {
+            cluster,
+            name,
+            producers,
+        } => routing::rewrite_init_producer_id(frame, version, *cluster, name, producers),
         ResponseRewrite::FetchRouted(plan) => {
             routing::rewrite_fetch_response(frame, version, plan, map)
         }
@@ -327,6 +352,17 @@ pub fn rewrite_response(
         ResponseRewrite::EpochFromListOffsets(query) => {
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
+        }
+        ResponseRewrite::GroupLink(link) => {
+            routing::confirm_group_link(&frame, api, version, link);
+            rewrite_with(
+                &link.then,
+                (api, version),
+                client_api,
+                client_version,
+                frame,
+                map,
+            )
         }
     }
 }

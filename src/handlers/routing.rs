@@ -44,6 +44,7 @@ use kafka_protocol::messages::{
     SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
 use super::{fetch, groups, metadata, offsets, Action, Forwarded, ResponseRewrite, VirtualMap};
 use crate::codec::{self, DecodeError, RequestFrame};
@@ -51,7 +52,7 @@ use crate::metrics;
 use crate::proxy::Proxy;
 use crate::routes::RouteTable;
 use crate::switch::groups::{Release, Verdict};
-use crate::switch::identity::IdentityKey;
+use crate::switch::identity::{Identities, IdentityKey};
 use crate::switch::inflight::InflightGuard;
 use crate::switch::producers::{self, BatchError, PlanError, Producers, Sent};
 use crate::upstream::{ClusterView, UpstreamError};
@@ -59,6 +60,7 @@ use crate::upstream::{ClusterView, UpstreamError};
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const NOT_COORDINATOR: i16 = 16;
 const LEADER_NOT_AVAILABLE: i16 = 5;
+const UNKNOWN_PRODUCER_ID: i16 = ResponseError::UnknownProducerId.code();
 
 /// What a connection has shown itself to be; decides which route Metadata follows
 /// on it.
@@ -152,6 +154,9 @@ pub struct Plan {
     /// Produce: the partitions this request holds in flight (released on drop).
     pub hold: Option<InflightGuard>,
     pub refused: Vec<Refused>,
+    /// Produce: partitions refused with UNKNOWN_PRODUCER_ID (a producer id the
+    /// proxy holds no state for, away from its home cluster).
+    pub unknown_producer: Vec<Refused>,
     /// physical name upstream → logical name the client used
     pub renames: HashMap<TopicName, TopicName>,
     /// For fetches: topics (logical) this connection must not serve at all, even if
@@ -183,6 +188,7 @@ impl std::fmt::Debug for ReadCheck {
 impl Plan {
     fn is_noop(&self) -> bool {
         self.refused.is_empty()
+            && self.unknown_producer.is_empty()
             && self.renames.is_empty()
             && self.not_here.is_none()
             && !self.strip_records
@@ -484,7 +490,8 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
 
     // Producer ids: batches of idempotent, non-transactional producers carry a
     // virtual id; upstream gets this cluster's id for that producer.
-    let mut not_next: Vec<(TopicName, i32)> = Vec::new();
+    // Partitions answered by the proxy after all, with the error for each.
+    let mut not_next: Vec<(TopicName, i32, i16)> = Vec::new();
     for t in &mut req.topic_data {
         let logical = plan.logical(&t.name);
         for p in &mut t.partition_data {
@@ -509,8 +516,11 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
                 }
                 let up = loop {
                     match ctx.proxy.producers.plan(h, &logical, p.index, here_idx) {
-                        Ok(up) => break Some(up),
-                        Err(PlanError::NotNext { .. }) => break None,
+                        Ok(up) => break Ok(up),
+                        Err(PlanError::NotNext { .. }) => break Err(NOT_LEADER_OR_FOLLOWER),
+                        // Never issued here (forged, or from before a restart) or
+                        // forgotten: refused before anything goes upstream.
+                        Err(PlanError::UnknownProducer) => break Err(UNKNOWN_PRODUCER_ID),
                         Err(PlanError::NeedProducerId { cluster }) => {
                             let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
                             tracing::info!(
@@ -529,10 +539,13 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
                         }
                     }
                 };
-                let Some(up) = up else {
-                    not_next.push((logical.clone(), p.index));
-                    sent.clear();
-                    break;
+                let up = match up {
+                    Ok(up) => up,
+                    Err(code) => {
+                        not_next.push((logical.clone(), p.index, code));
+                        sent.clear();
+                        break;
+                    }
                 };
                 producers::patch_batch(
                     &mut out[h.at..h.at + h.len],
@@ -557,18 +570,23 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
         }
     }
     if !not_next.is_empty() {
-        // Answered with a retriable error: the client resends them after the older
-        // batches it still waits for, in order.
+        // NotNext: a retriable error; the client resends them after the older
+        // batches it still waits for, in order. Unknown ids: see PlanError.
         metrics::steered("Produce", &here);
-        for (logical, index) in &not_next {
+        for (logical, index, code) in &not_next {
             for t in &mut req.topic_data {
                 if plan.logical(&t.name) == *logical {
                     t.partition_data.retain(|p| p.index != *index);
                 }
             }
-            match plan.refused.iter_mut().find(|r| r.topic == *logical) {
+            let list = if *code == UNKNOWN_PRODUCER_ID {
+                &mut plan.unknown_producer
+            } else {
+                &mut plan.refused
+            };
+            match list.iter_mut().find(|r| r.topic == *logical) {
                 Some(r) => r.partitions.push(*index),
-                None => plan.refused.push(Refused {
+                None => list.push(Refused {
                     topic: logical.clone(),
                     partitions: vec![*index],
                 }),
@@ -636,7 +654,12 @@ fn produce_errors(plan: &Plan, mut resp: ProduceResponse) -> ProduceResponse {
     for t in &mut resp.responses {
         t.name = plan.logical(&t.name);
     }
-    for r in &plan.refused {
+    let refused = plan.refused.iter().map(|r| (r, NOT_LEADER_OR_FOLLOWER));
+    let unknown = plan
+        .unknown_producer
+        .iter()
+        .map(|r| (r, UNKNOWN_PRODUCER_ID));
+    for (r, code) in refused.chain(unknown) {
         resp.responses.push(
             TopicProduceResponse::default()
                 .with_name(r.topic.clone())
@@ -646,7 +669,7 @@ fn produce_errors(plan: &Plan, mut resp: ProduceResponse) -> ProduceResponse {
                         .map(|p| {
                             PartitionProduceResponse::default()
                                 .with_index(*p)
-                                .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                                .with_error_code(code)
                                 .with_base_offset(-1)
                                 .with_log_append_time_ms(-1)
                                 .with_log_start_offset(-1)
@@ -720,6 +743,7 @@ fn init_producer_id(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, R
         ResponseRewrite::InitProducerId {
             cluster: here,
             name: ctx.here().to_string(),
+            producers: ctx.proxy.producers.clone(),
         },
     ))
 }
@@ -729,11 +753,14 @@ pub fn rewrite_init_producer_id(
     version: i16,
     cluster: usize,
     cluster_name: &str,
+    issued: &Producers,
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, version, frame)?;
     let virtual_id = producers::to_virtual(resp.producer_id.0, cluster);
-    if resp.error_code == 0 {
+    if ResponseError::try_from_code(resp.error_code).is_none() {
+        // The only place producer state is created (switch::producers docs).
+        issued.issue(virtual_id);
         tracing::info!(
             cluster = %cluster_name,
             upstream_id = resp.producer_id.0,
@@ -1161,13 +1188,18 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         _ => return Ok(None),
     };
     let key = ctx.identity(frame);
-    if matches!(
-        frame.api,
-        ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::OffsetCommit
-    ) {
-        ctx.session.role = Role::Reader;
-        ctx.proxy.identities.link_group(&key, &group);
-    }
+    // Membership links the identity to the group only once the broker accepts it
+    // (confirm_group_link, on the response): a request alone proves nothing, and
+    // anyone can send one for any group id.
+    let link = match frame.api {
+        ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::OffsetCommit => {
+            ctx.session.role = Role::Reader;
+            Some(false)
+        }
+        // A member's heartbeat keeps its link fresh but never creates one.
+        ApiKey::Heartbeat => Some(true),
+        _ => None,
+    };
     let switches = &ctx.proxy.group_switches;
     if switches.busy() {
         let here = ctx.here().to_string();
@@ -1193,10 +1225,95 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         if frame.api == ApiKey::JoinGroup && switches.busy() {
             switches.rejoined(&group, &key);
         }
-        return offsets_renamed(ctx, frame);
+        let action = offsets_renamed(ctx, frame)?;
+        let Some(refresh_only) = link else {
+            return Ok(action);
+        };
+        let action = match action {
+            Some(a) => a,
+            None => super::handle(frame, ctx.map)?,
+        };
+        let link = GroupLink {
+            identities: ctx.proxy.identities.clone(),
+            key,
+            group,
+            refresh_only,
+            then: ResponseRewrite::None,
+        };
+        return Ok(Some(with_group_link(action, link)));
     }
     metrics::steered(super::api_name(frame.api), here);
     group_error(frame, NOT_COORDINATOR).map(Some)
+}
+
+/// Links an identity to a group when the broker accepted the request that showed
+/// the membership (see [`confirm_group_link`]).
+#[derive(Debug)]
+pub struct GroupLink {
+    pub identities: Identities,
+    pub key: IdentityKey,
+    pub group: String,
+    /// Heartbeat: confirm an existing link again, create none.
+    pub refresh_only: bool,
+    /// What the response needs besides.
+    pub then: ResponseRewrite,
+}
+
+/// Makes a forwarded group request confirm `link` on its response.
+fn with_group_link(action: Action, mut link: GroupLink) -> Action {
+    match action {
+        Action::Forward {
+            frame,
+            response: Some(mut fwd),
+        } => {
+            link.then = std::mem::replace(&mut fwd.rewrite, ResponseRewrite::None);
+            fwd.rewrite = ResponseRewrite::GroupLink(Box::new(link));
+            Action::Forward {
+                frame,
+                response: Some(fwd),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether the upstream accepted a group request, read from its response: no
+/// error for JoinGroup, SyncGroup and Heartbeat; for OffsetCommit at least one
+/// partition committed (group-level refusals such as UNKNOWN_MEMBER_ID or
+/// GROUP_AUTHORIZATION_FAILED come back on every partition).
+pub fn group_request_accepted(frame: &Bytes, api: ApiKey, version: i16) -> bool {
+    let ok = |code: i16| ResponseError::try_from_code(code).is_none();
+    let frame = frame.clone();
+    match api {
+        ApiKey::JoinGroup => codec::decode_response::<JoinGroupResponse>(api, version, frame)
+            .is_ok_and(|(_, r)| ok(r.error_code)),
+        ApiKey::SyncGroup => codec::decode_response::<SyncGroupResponse>(api, version, frame)
+            .is_ok_and(|(_, r)| ok(r.error_code)),
+        ApiKey::Heartbeat => codec::decode_response::<HeartbeatResponse>(api, version, frame)
+            .is_ok_and(|(_, r)| ok(r.error_code)),
+        ApiKey::OffsetCommit => codec::decode_response::<OffsetCommitResponse>(api, version, frame)
+            .is_ok_and(|(_, r)| {
+                r.topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| ok(p.error_code))
+            }),
+        _ => false,
+    }
+}
+
+/// Confirms a group link on the upstream's answer to the request that showed it.
+/// A response the proxy cannot read links nothing; the inner rewrite then decides
+/// what the client gets.
+pub fn confirm_group_link(frame: &Bytes, api: ApiKey, version: i16, link: &GroupLink) {
+    if !group_request_accepted(frame, api, version) {
+        return;
+    }
+    if link.refresh_only {
+        link.identities.refresh_group(&link.key, &link.group);
+    } else {
+        link.identities.link_group(&link.key, &link.group);
+    }
 }
 
 /// OffsetCommit and OffsetFetch of a group on a cluster where topics have other
@@ -1467,5 +1584,282 @@ mod tests {
         let p = &out.responses[0].partitions[0];
         assert_eq!(p.error_code, NOT_LEADER_OR_FOLLOWER);
         assert_eq!(p.records.as_deref(), Some(&b""[..]));
+    }
+}
+
+/// The request path in process: a real `Proxy` whose clusters point at a loopback
+/// listener that only counts connections, so a test proves nothing went upstream.
+#[cfg(test)]
+mod request_path_tests {
+    use super::*;
+    use crate::config::Config;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{GroupId, RequestHeader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Harness {
+        proxy: Arc<Proxy>,
+        upstream_connections: Arc<AtomicUsize>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream_connections = Arc::new(AtomicUsize::new(0));
+        let count = upstream_connections.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(sock);
+            }
+        });
+        let toml = format!(
+            r#"
+            [proxy]
+            state_dir = "{}"
+            [clusters.source]
+            bootstrap = ["{addr}"]
+            [clusters.target]
+            bootstrap = ["{addr}"]
+            node_id_offset = 1000
+            [routes]
+            default_cluster = "source"
+            "#,
+            dir.path().join("state").display()
+        );
+        let config = Config::from_toml(&toml, Vec::<(String, String)>::new(), dir.path()).unwrap();
+        Harness {
+            proxy: Proxy::new(config, None).unwrap(),
+            upstream_connections,
+            _dir: dir,
+        }
+    }
+
+    fn request<T: kafka_protocol::protocol::Encodable>(
+        api: ApiKey,
+        version: i16,
+        body: &T,
+    ) -> RequestFrame {
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("consumer-billing-1")));
+        codec::parse_request(codec::encode_request(api, &header, body).unwrap()).unwrap()
+    }
+
+    /// Routes `frame` on a connection to `cluster`, as the connection does.
+    async fn route_on(h: &Harness, cluster: &str, frame: &RequestFrame) -> Option<Action> {
+        let view = h.proxy.cluster(cluster).unwrap().clone();
+        let map = h.proxy.virtual_map(&view);
+        let mut session = Session::new("10.0.0.9".parse().unwrap(), None);
+        let mut ctx = Ctx {
+            proxy: &h.proxy,
+            routes: h.proxy.routes(),
+            cluster: &view,
+            map: &map,
+            session: &mut session,
+        };
+        route(&mut ctx, frame).await.unwrap()
+    }
+
+    fn client_key() -> IdentityKey {
+        IdentityKey::new(None, "consumer-billing-1", "10.0.0.9".parse().unwrap())
+    }
+
+    fn linked(h: &Harness) -> Vec<String> {
+        h.proxy
+            .identities
+            .get(&client_key())
+            .map(|i| i.groups.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn answer<T: kafka_protocol::protocol::Encodable>(
+        action: &Action,
+        frame: &RequestFrame,
+        h: &Harness,
+        body: &T,
+    ) -> Bytes {
+        let Action::Forward {
+            response: Some(fwd),
+            ..
+        } = action
+        else {
+            panic!("not forwarded: {action:?}");
+        };
+        let view = h.proxy.cluster("source").unwrap();
+        let up = codec::encode_response(fwd.upstream_api, fwd.upstream_version, 7, body).unwrap();
+        super::super::rewrite_response(
+            fwd,
+            frame.api,
+            frame.version(),
+            up,
+            &h.proxy.virtual_map(view),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn groups_are_linked_only_when_the_broker_accepts() {
+        let h = harness().await;
+        let sync = request(
+            ApiKey::SyncGroup,
+            3,
+            &SyncGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+                .with_member_id(StrBytes::from_static_str("m-1"))
+                .with_generation_id(1),
+        );
+        let action = route_on(&h, "source", &sync).await.unwrap();
+        assert!(linked(&h).is_empty(), "the request alone links nothing");
+        let refused =
+            SyncGroupResponse::default().with_error_code(ResponseError::UnknownMemberId.code());
+        answer(&action, &sync, &h, &refused);
+        assert!(linked(&h).is_empty(), "a refused SyncGroup links nothing");
+
+        let action = route_on(&h, "source", &sync).await.unwrap();
+        let out = answer(&action, &sync, &h, &SyncGroupResponse::default());
+        assert_eq!(linked(&h), ["billing"]);
+        // The client gets the upstream's answer as it was.
+        let (_, resp) =
+            codec::decode_response::<SyncGroupResponse>(ApiKey::SyncGroup, 3, out).unwrap();
+        assert_eq!(resp.error_code, 0);
+        assert_eq!(h.upstream_connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn offset_commits_link_only_with_a_committed_partition() {
+        let h = harness().await;
+        let commit = request(
+            ApiKey::OffsetCommit,
+            8,
+            &OffsetCommitRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+                .with_generation_id_or_member_epoch(-1),
+        );
+        let partition = |code: i16| {
+            OffsetCommitResponse::default().with_topics(vec![OffsetCommitResponseTopic::default()
+                .with_name(topic_name("orders"))
+                .with_partitions(vec![OffsetCommitResponsePartition::default()
+                    .with_partition_index(0)
+                    .with_error_code(code)])])
+        };
+        let action = route_on(&h, "source", &commit).await.unwrap();
+        answer(
+            &action,
+            &commit,
+            &h,
+            &partition(ResponseError::GroupAuthorizationFailed.code()),
+        );
+        assert!(linked(&h).is_empty());
+        let action = route_on(&h, "source", &commit).await.unwrap();
+        answer(&action, &commit, &h, &partition(0));
+        assert_eq!(linked(&h), ["billing"]);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_refresh_links_but_never_create_them() {
+        let h = harness().await;
+        let beat = request(
+            ApiKey::Heartbeat,
+            4,
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+                .with_member_id(StrBytes::from_static_str("m-1")),
+        );
+        let action = route_on(&h, "source", &beat).await.unwrap();
+        answer(&action, &beat, &h, &HeartbeatResponse::default());
+        assert!(linked(&h).is_empty());
+    }
+
+    fn produce_with_producer_id(vpid: i64) -> RequestFrame {
+        let hex: String = include_str!("../switch/testdata/java_batch.hex")
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect();
+        let mut batch: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        producers::patch_batch(&mut batch, vpid, 0, 0);
+        request(
+            ApiKey::Produce,
+            8,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(topic_name("payments"))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch)))])]),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_forged_producer_id_is_refused_without_going_upstream() {
+        let h = harness().await;
+        let target = h.proxy.cluster_index("target");
+        // An id "issued by target" that target never issued, written on source.
+        let forged = producers::to_virtual(4242, target);
+        let frame = produce_with_producer_id(forged);
+        let Some(Action::Respond(out)) = route_on(&h, "source", &frame).await else {
+            panic!("the proxy must answer itself");
+        };
+        let (_, resp) = codec::decode_response::<ProduceResponse>(ApiKey::Produce, 8, out).unwrap();
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(resp.responses[0].name.as_str(), "payments");
+        assert_eq!(
+            ResponseError::try_from_code(p.error_code),
+            Some(ResponseError::UnknownProducerId)
+        );
+        assert!(h.proxy.producers.is_empty(), "no entry for a forged id");
+        // Give a stray connection attempt time to land before checking.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(h.upstream_connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn issued_ids_are_the_ones_that_may_write_abroad() {
+        let h = harness().await;
+        let init = request(
+            ApiKey::InitProducerId,
+            2,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(i32::MAX)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        let action = route_on(&h, "target", &init).await.unwrap();
+        // A refused InitProducerId issues nothing.
+        answer(
+            &action,
+            &init,
+            &h,
+            &InitProducerIdResponse::default()
+                .with_error_code(ResponseError::CoordinatorLoadInProgress.code())
+                .with_producer_id(ProducerId(-1)),
+        );
+        assert!(h.proxy.producers.is_empty());
+        let out = answer(
+            &action,
+            &init,
+            &h,
+            &InitProducerIdResponse::default().with_producer_id(ProducerId(4242)),
+        );
+        let (_, resp) =
+            codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, 2, out)
+                .unwrap();
+        let vpid = resp.producer_id.0;
+        assert_eq!(
+            producers::from_virtual(vpid),
+            (h.proxy.cluster_index("target"), 4242)
+        );
+        assert!(h.proxy.producers.knows(vpid));
     }
 }

@@ -2,19 +2,70 @@
 //!
 //! A Fetch carries no group id, so the proxy attributes connections to a client
 //! identity: the authenticated principal when there is one, else (client_id, peer
-//! IP). Group membership seen on any connection of an identity (JoinGroup,
-//! SyncGroup, OffsetCommit) links it to that group; fetches of an identity linked to
-//! exactly one group follow the group's route. The identity also remembers whether it
-//! was seen writing or reading, which decides what a role-less connection is told in
-//! Metadata.
+//! IP). Group membership the broker *accepted* on any connection of an identity
+//! (JoinGroup, SyncGroup, OffsetCommit answered without error) links it to that
+//! group; fetches of an identity linked to exactly one group follow the group's
+//! route. The identity also remembers whether it was seen writing or reading, which
+//! decides what a role-less connection is told in Metadata.
+//!
+//! # Bounds
+//!
+//! Everything here is keyed by client data (client ids, principals, group ids of up
+//! to 32767 bytes each), so any client that can reach the listener could otherwise
+//! grow it without end. The registry is bounded three ways ([`IdentityLimits`]):
+//!
+//! - **Identities:** at most `max_identities`, and the bytes of client data held
+//!   (keys and group ids) at most `max_bytes`. Past either, the least recently seen
+//!   identity is dropped, one at a time. Every fetch, produce and group request
+//!   touches its identity, so a live client is always among the most recent and a
+//!   flood of new identities evicts idle ones first. An evicted identity only loses
+//!   attribution until its next accepted group request (a commit or heartbeat
+//!   cycle): its fetches follow the topic's `consume` route meanwhile.
+//! - **Groups per identity:** at most `max_groups_per_identity`; a new link past
+//!   that drops the identity's least recently confirmed link. Refusing new links
+//!   instead would freeze an identity on groups it left long ago and let stale (or
+//!   hostile) links keep a real client from ever being attributed to its current
+//!   group; live memberships are confirmed again on every successful heartbeat,
+//!   commit and rejoin, so they are never the least recent.
+//! - **Age:** identities not seen, and links not confirmed, for `idle` are dropped.
+//!
+//! Group ids are stored whole (legit ids can be long) but counted against
+//! `max_bytes`, so long ids cost identities, not unbounded memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Identities remembered at most; the oldest half is dropped past this, which only
-/// costs a client one metadata round of steering.
-const MAX_IDENTITIES: usize = 100_000;
+/// Bounds of the registry (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityLimits {
+    pub max_identities: usize,
+    pub max_groups_per_identity: usize,
+    /// Bytes of client data held: identity keys plus linked group ids.
+    pub max_bytes: usize,
+    /// Identities not seen and links not confirmed for this long are dropped.
+    pub idle: Duration,
+}
+
+impl Default for IdentityLimits {
+    fn default() -> Self {
+        IdentityLimits {
+            max_identities: 100_000,
+            // Far above what one consumer (or one principal's worth of them) joins.
+            max_groups_per_identity: 64,
+            max_bytes: 64 << 20,
+            // Brokers forget idle producers after a day; a consumer away longer
+            // rejoins (and is linked again) before it fetches.
+            idle: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Bytes an identity or a link costs beyond its strings (map slots, counters), so
+/// that many tiny entries are bounded by `max_bytes` too.
+const IDENTITY_OVERHEAD: usize = 128;
+const LINK_OVERHEAD: usize = 48;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdentityKey {
@@ -39,90 +90,306 @@ impl IdentityKey {
             },
         }
     }
+
+    fn bytes(&self) -> usize {
+        self.principal.as_ref().map_or(0, String::len) + self.client_id.len()
+    }
 }
 
-#[derive(Debug, Default, Clone)]
+/// What is known about one identity (a copy; see [`Identities::get`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub groups: BTreeSet<String>,
     pub reads: bool,
     pub writes: bool,
-    seen: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    group: String,
+    confirmed: Instant,
+    /// Registry clock at the last confirmation: orders links within an identity
+    /// even when several confirmations share an `Instant`.
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    links: Vec<Link>,
+    reads: bool,
+    writes: bool,
+    /// Position in [`Registry::order`].
+    tick: u64,
+    seen: Instant,
+    bytes: usize,
 }
 
 #[derive(Debug, Default)]
+struct Registry {
+    map: HashMap<Arc<IdentityKey>, Entry>,
+    /// Identities by last touch, oldest first.
+    order: BTreeMap<u64, Arc<IdentityKey>>,
+    clock: u64,
+    bytes: usize,
+}
+
+impl Registry {
+    fn remove(&mut self, key: &IdentityKey) {
+        if let Some(e) = self.map.remove(key) {
+            self.order.remove(&e.tick);
+            self.bytes -= e.bytes;
+        }
+    }
+
+    /// Drops identities not seen for `idle`, oldest first (touch order is time
+    /// order, so this stops at the first recent one).
+    fn expire(&mut self, now: Instant, idle: Duration) {
+        while let Some((_, key)) = self.order.first_key_value() {
+            let seen = self.map[key].seen;
+            if now.saturating_duration_since(seen) < idle {
+                break;
+            }
+            let key = key.clone();
+            self.remove(&key);
+        }
+    }
+
+    /// Drops least recently seen identities other than `keep` while over a bound.
+    fn shrink(&mut self, limits: &IdentityLimits, keep: &IdentityKey) {
+        while self.map.len() > limits.max_identities || self.bytes > limits.max_bytes {
+            let victim = self.order.values().find(|k| k.as_ref() != keep).cloned();
+            match victim {
+                Some(k) => self.remove(&k),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Identity → groups and roles, bounded (module docs). Cloning shares the registry,
+/// so the response path can confirm links.
+#[derive(Debug, Clone, Default)]
 pub struct Identities {
-    inner: Mutex<(HashMap<IdentityKey, Identity>, u64)>,
+    inner: Arc<Mutex<Registry>>,
+    limits: IdentityLimits,
 }
 
 impl Identities {
-    fn update(&self, key: &IdentityKey, f: impl FnOnce(&mut Identity)) {
-        let mut inner = self.inner.lock().expect("identities lock");
-        let (map, clock) = &mut *inner;
-        *clock += 1;
-        let now = *clock;
-        if map.len() >= MAX_IDENTITIES && !map.contains_key(key) {
-            let mut ages: Vec<u64> = map.values().map(|i| i.seen).collect();
-            ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            map.retain(|_, i| i.seen > cut);
+    pub fn with_limits(limits: IdentityLimits) -> Identities {
+        Identities {
+            inner: Arc::default(),
+            limits,
         }
-        let id = map.entry(key.clone()).or_default();
-        id.seen = now;
-        f(id);
     }
 
-    /// Every group any identity was seen in.
+    pub fn limits(&self) -> IdentityLimits {
+        self.limits
+    }
+
+    fn update(
+        &self,
+        key: &IdentityKey,
+        now: Instant,
+        f: impl FnOnce(&mut Entry, u64, &IdentityLimits),
+    ) {
+        let limits = &self.limits;
+        let mut guard = self.inner.lock().expect("identities lock");
+        let reg = &mut *guard;
+        reg.expire(now, limits.idle);
+        reg.clock += 1;
+        let tick = reg.clock;
+        if !reg.map.contains_key(key) {
+            let bytes = IDENTITY_OVERHEAD + key.bytes();
+            reg.bytes += bytes;
+            reg.map.insert(
+                Arc::new(key.clone()),
+                Entry {
+                    links: Vec::new(),
+                    reads: false,
+                    writes: false,
+                    tick,
+                    seen: now,
+                    bytes,
+                },
+            );
+        }
+        let shared = reg
+            .map
+            .get_key_value(key)
+            .map(|(k, _)| k.clone())
+            .expect("inserted above");
+        let entry = reg.map.get_mut(key).expect("inserted above");
+        reg.order.remove(&entry.tick);
+        entry.tick = tick;
+        entry.seen = now;
+        let before = entry.bytes;
+        // Links age on their own: a client still seen (fetching) may have left a
+        // group long ago.
+        entry
+            .links
+            .retain(|l| now.saturating_duration_since(l.confirmed) < limits.idle);
+        f(entry, tick, limits);
+        entry.bytes = IDENTITY_OVERHEAD
+            + key.bytes()
+            + entry
+                .links
+                .iter()
+                .map(|l| LINK_OVERHEAD + l.group.len())
+                .sum::<usize>();
+        reg.bytes = reg.bytes - before + entry.bytes;
+        reg.order.insert(tick, shared);
+        reg.shrink(limits, key);
+    }
+
+    /// Every group any identity is linked to.
     pub fn all_groups(&self) -> BTreeSet<String> {
-        let inner = self.inner.lock().expect("identities lock");
-        inner
-            .0
+        let reg = self.inner.lock().expect("identities lock");
+        reg.map
             .values()
-            .flat_map(|i| i.groups.iter().cloned())
+            .flat_map(|e| e.links.iter().map(|l| l.group.clone()))
             .collect()
     }
 
+    /// Links `key` to `group`. Only for membership the broker accepted: the caller
+    /// confirms on the response (routing::confirm_group_link), never on the request.
     pub fn link_group(&self, key: &IdentityKey, group: &str) {
-        self.update(key, |i| {
-            if !i.groups.contains(group) {
-                i.groups.insert(group.to_string());
+        self.link_group_at(key, group, Instant::now())
+    }
+
+    pub(crate) fn link_group_at(&self, key: &IdentityKey, group: &str, now: Instant) {
+        self.update(key, now, |e, tick, limits| {
+            e.reads = true;
+            if let Some(l) = e.links.iter_mut().find(|l| l.group == group) {
+                l.confirmed = now;
+                l.tick = tick;
+                return;
             }
-            i.reads = true;
+            if limits.max_groups_per_identity == 0 {
+                return;
+            }
+            while e.links.len() >= limits.max_groups_per_identity {
+                let oldest = e
+                    .links
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, l)| l.tick)
+                    .map(|(i, _)| i)
+                    .expect("not empty");
+                let dropped = e.links.swap_remove(oldest);
+                tracing::debug!(
+                    group_bytes = dropped.group.len(),
+                    "identity reached its group cap; least recently confirmed link dropped"
+                );
+            }
+            e.links.push(Link {
+                group: group.to_string(),
+                confirmed: now,
+                tick,
+            });
         });
     }
 
+    /// Confirms an existing link again (a successful Heartbeat), creating nothing.
+    pub fn refresh_group(&self, key: &IdentityKey, group: &str) {
+        self.refresh_group_at(key, group, Instant::now())
+    }
+
+    pub(crate) fn refresh_group_at(&self, key: &IdentityKey, group: &str, now: Instant) {
+        let linked = {
+            let reg = self.inner.lock().expect("identities lock");
+            reg.map
+                .get(key)
+                .is_some_and(|e| e.links.iter().any(|l| l.group == group))
+        };
+        if linked {
+            self.link_group_at(key, group, now);
+        }
+    }
+
     pub fn note_read(&self, key: &IdentityKey) {
-        self.update(key, |i| i.reads = true);
+        self.update(key, Instant::now(), |e, _, _| e.reads = true);
     }
 
     pub fn note_write(&self, key: &IdentityKey) {
-        self.update(key, |i| i.writes = true);
+        self.update(key, Instant::now(), |e, _, _| e.writes = true);
     }
 
     pub fn get(&self, key: &IdentityKey) -> Option<Identity> {
-        self.inner
-            .lock()
-            .expect("identities lock")
-            .0
-            .get(key)
-            .cloned()
+        self.get_at(key, Instant::now())
+    }
+
+    pub(crate) fn get_at(&self, key: &IdentityKey, now: Instant) -> Option<Identity> {
+        let idle = self.limits.idle;
+        let reg = self.inner.lock().expect("identities lock");
+        let e = reg.map.get(key)?;
+        if now.saturating_duration_since(e.seen) >= idle {
+            return None;
+        }
+        Some(Identity {
+            groups: e
+                .links
+                .iter()
+                .filter(|l| now.saturating_duration_since(l.confirmed) < idle)
+                .map(|l| l.group.clone())
+                .collect(),
+            reads: e.reads,
+            writes: e.writes,
+        })
+    }
+
+    /// Sizes for /status and metrics.
+    pub fn stats(&self) -> IdentityStats {
+        let reg = self.inner.lock().expect("identities lock");
+        IdentityStats {
+            identities: reg.map.len(),
+            links: reg.map.values().map(|e| e.links.len()).sum(),
+            bytes: reg.bytes,
+        }
     }
 
     /// Number of identities linked to each group (for /status).
-    pub fn group_members(&self) -> std::collections::BTreeMap<String, usize> {
-        let inner = self.inner.lock().expect("identities lock");
-        let mut out = std::collections::BTreeMap::new();
-        for i in inner.0.values() {
-            for g in &i.groups {
-                *out.entry(g.clone()).or_insert(0) += 1;
+    pub fn group_members(&self) -> BTreeMap<String, usize> {
+        self.group_members_sample(usize::MAX).0
+    }
+
+    /// The first `limit` groups by name with their number of linked identities, and
+    /// how many distinct groups there are in all. /status shows this rather than
+    /// every group, which can be millions of bytes of client-chosen names.
+    pub fn group_members_sample(&self, limit: usize) -> (BTreeMap<String, usize>, usize) {
+        let reg = self.inner.lock().expect("identities lock");
+        let mut all: HashMap<&str, usize> = HashMap::new();
+        for e in reg.map.values() {
+            for l in &e.links {
+                *all.entry(l.group.as_str()).or_insert(0) += 1;
             }
         }
-        out
+        let total = all.len();
+        let mut names: Vec<(&str, usize)> = all.into_iter().collect();
+        names.sort_unstable();
+        let sample = names
+            .into_iter()
+            .take(limit)
+            .map(|(g, n)| (g.to_string(), n))
+            .collect();
+        (sample, total)
     }
+}
+
+/// How big the registry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityStats {
+    pub identities: usize,
+    pub links: usize,
+    pub bytes: usize,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(client: &str) -> IdentityKey {
+        IdentityKey::new(None, client, "127.0.0.1".parse().unwrap())
+    }
 
     #[test]
     fn identity_follows_principal_first() {
@@ -137,7 +404,7 @@ mod tests {
     #[test]
     fn groups_accumulate_per_identity() {
         let ids = Identities::default();
-        let k = IdentityKey::new(None, "rdkafka", "127.0.0.1".parse().unwrap());
+        let k = key("rdkafka");
         assert!(ids.get(&k).is_none());
         ids.link_group(&k, "billing");
         assert_eq!(ids.get(&k).unwrap().groups.len(), 1);
@@ -145,5 +412,114 @@ mod tests {
         ids.link_group(&k, "audit");
         let groups: Vec<String> = ids.get(&k).unwrap().groups.into_iter().collect();
         assert_eq!(groups, ["audit", "billing"]);
+    }
+
+    #[test]
+    fn many_long_groups_from_one_identity_stay_within_the_cap() {
+        let ids = Identities::default();
+        let k = key("attacker");
+        let pad = "x".repeat(2048);
+        for i in 0..20_000 {
+            ids.link_group(&k, &format!("{i}-{pad}"));
+        }
+        let limits = ids.limits();
+        let stats = ids.stats();
+        assert_eq!(stats.identities, 1);
+        assert_eq!(stats.links, limits.max_groups_per_identity);
+        assert!(stats.bytes <= (limits.max_groups_per_identity + 1) * (2048 + 256));
+        // The most recent links are the ones kept.
+        let groups = ids.get(&k).unwrap().groups;
+        assert!(groups.contains(&format!("19999-{pad}")));
+        assert!(!groups.contains(&format!("0-{pad}")));
+        assert_eq!(ids.all_groups().len(), limits.max_groups_per_identity);
+    }
+
+    #[test]
+    fn a_live_membership_survives_a_flood_of_links() {
+        let ids = Identities::with_limits(IdentityLimits {
+            max_groups_per_identity: 4,
+            ..IdentityLimits::default()
+        });
+        let k = key("shared");
+        ids.link_group(&k, "billing");
+        for i in 0..100 {
+            ids.link_group(&k, &format!("junk-{i}"));
+            // The real member heartbeats between the junk links.
+            if i % 2 == 0 {
+                ids.refresh_group(&k, "billing");
+            }
+        }
+        assert!(ids.get(&k).unwrap().groups.contains("billing"));
+        // A heartbeat never creates a link.
+        ids.refresh_group(&k, "never-joined");
+        assert!(!ids.get(&k).unwrap().groups.contains("never-joined"));
+    }
+
+    #[test]
+    fn identities_are_capped_least_recently_seen_first() {
+        let ids = Identities::with_limits(IdentityLimits {
+            max_identities: 3,
+            ..IdentityLimits::default()
+        });
+        let live = key("live");
+        ids.link_group(&live, "billing");
+        for i in 0..1000 {
+            ids.note_read(&key(&format!("flood-{i}")));
+            ids.note_read(&live);
+        }
+        assert_eq!(ids.stats().identities, 3);
+        assert!(ids.get(&live).unwrap().groups.contains("billing"));
+        assert!(ids.get(&key("flood-0")).is_none());
+        assert!(ids.get(&key("flood-999")).is_some());
+    }
+
+    #[test]
+    fn bytes_are_capped_across_identities() {
+        let ids = Identities::with_limits(IdentityLimits {
+            max_bytes: 1 << 20,
+            ..IdentityLimits::default()
+        });
+        let long = "g".repeat(32_767);
+        for i in 0..1000 {
+            let k = key(&format!("{i}-{}", "c".repeat(1000)));
+            ids.link_group(&k, &format!("{i}{long}"));
+        }
+        let stats = ids.stats();
+        assert!(stats.bytes <= 1 << 20, "{stats:?}");
+        assert!(stats.identities > 0 && stats.identities < 1000);
+        // The accounting matches what is held.
+        let held: usize = ids.all_groups().iter().map(String::len).sum();
+        assert!(held <= stats.bytes);
+    }
+
+    #[test]
+    fn idle_identities_and_links_age_out() {
+        let ids = Identities::with_limits(IdentityLimits {
+            idle: Duration::from_secs(60),
+            ..IdentityLimits::default()
+        });
+        let t0 = Instant::now();
+        let (a, b) = (key("a"), key("b"));
+        ids.link_group_at(&a, "billing", t0);
+        ids.link_group_at(&b, "audit", t0);
+        // `a` keeps fetching but never confirms its group again; `b` goes quiet.
+        let later = t0 + Duration::from_secs(61);
+        ids.update(&a, later, |e, _, _| e.reads = true);
+        let seen_a = ids.get_at(&a, later).unwrap();
+        assert!(seen_a.groups.is_empty(), "unconfirmed link aged out");
+        assert!(ids.get_at(&b, later).is_none());
+        assert_eq!(ids.stats().identities, 1, "b dropped from memory");
+        assert!(ids.all_groups().is_empty());
+    }
+
+    #[test]
+    fn the_registry_is_shared_by_clones() {
+        let ids = Identities::default();
+        let k = key("c");
+        ids.clone().link_group(&k, "billing");
+        assert!(ids.get(&k).unwrap().groups.contains("billing"));
+        let (sample, total) = ids.group_members_sample(0);
+        assert!(sample.is_empty());
+        assert_eq!(total, 1);
     }
 }

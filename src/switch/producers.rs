@@ -16,9 +16,35 @@
 //!
 //! Transactional batches are left alone: a transactional producer keeps the id its
 //! transaction coordinator issued and does not change clusters mid-transaction.
+//!
+//! # Only ids this proxy issued, bounded
+//!
+//! Producer ids in batches are client data. State is kept only for ids the proxy
+//! itself issued (an InitProducerId answer it rewrote, [`Producers::issue`]), at most
+//! [`ProducerLimits::max_producers`] of them and [`ProducerLimits::max_bytes`] of
+//! bookkeeping, least recently used evicted first, idle ones aged out. A batch whose
+//! id has no state:
+//!
+//! - **at its home cluster** goes up under the pure home mapping and creates
+//!   nothing. That is all a client could do talking to its home cluster directly,
+//!   and it is what keeps producers working across a proxy restart. Sequences pass
+//!   as the client numbered them: if the partition was written on another cluster
+//!   before (an evicted producer), the home broker's numbering lags the client's,
+//!   so the broker answers OUT_OF_ORDER_SEQUENCE_NUMBER (never a false duplicate)
+//!   and the client bumps its epoch or fails, never writes under a wrong id.
+//! - **anywhere else** is refused with UNKNOWN_PRODUCER_ID ([`PlanError::UnknownProducer`])
+//!   without asking that cluster for an id: a forged id would otherwise cost an
+//!   upstream InitProducerId and an entry each. UNKNOWN_PRODUCER_ID is the answer that
+//!   never reads as success and that makes clients start over: Java 2.4 re-inits;
+//!   Java 2.5+ and librdkafka bump the epoch and retry (then fail the batch to the
+//!   application, or librdkafka goes fatal when it cannot retry safely).
+//!   INVALID_PRODUCER_ID_MAPPING would fail the batch in Java at once but never makes
+//!   any client re-init. The price: a producer evicted, or issued before a proxy
+//!   restart, cannot write to a cluster other than its home until it is recreated.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Clusters a virtual producer id can name (the low bits of the id).
 pub const MAX_CLUSTERS: usize = 16;
@@ -154,13 +180,111 @@ pub enum PlanError {
     /// next one the client must write (an older batch is still unresolved). The
     /// batch is answered with a retriable error; the client resends in order.
     NotNext { expected: i32 },
+    /// No state for this id (the proxy did not issue it, or forgot it) and the batch
+    /// is not at its home: answered UNKNOWN_PRODUCER_ID (module docs).
+    UnknownProducer,
 }
 
-#[derive(Debug, Default)]
+/// Bounds of the producer state (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerLimits {
+    pub max_producers: usize,
+    /// Bookkeeping bytes: a fixed cost per producer and per partition plus the
+    /// topic names (client data, up to 32767 bytes each).
+    pub max_bytes: usize,
+    /// Producers not used for this long are forgotten (the brokers' own
+    /// `producer.id.expiration.ms` default).
+    pub idle: Duration,
+}
+
+impl Default for ProducerLimits {
+    fn default() -> Self {
+        ProducerLimits {
+            max_producers: 100_000,
+            max_bytes: 128 << 20,
+            idle: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+const PRODUCER_OVERHEAD: usize = 192;
+const PARTITION_OVERHEAD: usize = 128;
+
+#[derive(Debug)]
 struct Producer {
     /// Per foreign cluster: its id and epoch, and the client epoch they stand for.
     foreign: HashMap<usize, (i64, i16, i16)>,
     partitions: HashMap<(String, i32), Partition>,
+    /// Position in [`Table::order`].
+    tick: u64,
+    used: Instant,
+    bytes: usize,
+}
+
+impl Producer {
+    fn new(tick: u64, now: Instant) -> Producer {
+        Producer {
+            foreign: HashMap::new(),
+            partitions: HashMap::new(),
+            tick,
+            used: now,
+            bytes: PRODUCER_OVERHEAD,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<i64, Producer>,
+    /// Virtual ids by last use, oldest first.
+    order: BTreeMap<u64, i64>,
+    clock: u64,
+    bytes: usize,
+}
+
+impl Table {
+    fn remove(&mut self, vpid: i64) {
+        if let Some(p) = self.map.remove(&vpid) {
+            self.order.remove(&p.tick);
+            self.bytes -= p.bytes;
+        }
+    }
+
+    /// Marks `vpid` used now; false when it has no state.
+    fn touch(&mut self, vpid: i64, now: Instant) -> bool {
+        self.clock += 1;
+        let tick = self.clock;
+        let Some(p) = self.map.get_mut(&vpid) else {
+            return false;
+        };
+        self.order.remove(&p.tick);
+        p.tick = tick;
+        p.used = now;
+        self.order.insert(tick, vpid);
+        true
+    }
+
+    /// Forgets idle producers, then least recently used ones other than `keep`
+    /// while over a bound.
+    fn shrink(&mut self, limits: &ProducerLimits, now: Instant, keep: i64) {
+        while let Some((_, &vpid)) = self.order.first_key_value() {
+            let idle = now.saturating_duration_since(self.map[&vpid].used) >= limits.idle;
+            let over = self.map.len() > limits.max_producers || self.bytes > limits.max_bytes;
+            if !(idle || over) {
+                break;
+            }
+            let victim = if vpid != keep {
+                vpid
+            } else {
+                match self.order.values().nth(1) {
+                    Some(&v) if over => v,
+                    _ => break,
+                }
+            };
+            tracing::debug!(virtual_id = victim, "producer state dropped");
+            self.remove(victim);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -188,26 +312,55 @@ pub struct Sent {
     pub count: i32,
 }
 
-/// Per virtual producer id: the ids other clusters issued for it and the sequence
-/// bookkeeping of each partition it writes.
+/// Per virtual producer id the proxy issued: the ids other clusters issued for it
+/// and the sequence bookkeeping of each partition it writes. Bounded (module docs).
 #[derive(Debug, Default)]
 pub struct Producers {
-    inner: Mutex<HashMap<i64, Producer>>,
+    inner: Mutex<Table>,
+    limits: ProducerLimits,
 }
 
 impl Producers {
+    pub fn with_limits(limits: ProducerLimits) -> Producers {
+        Producers {
+            inner: Mutex::default(),
+            limits,
+        }
+    }
+
+    /// The proxy handed `vpid` to a client (an InitProducerId answer without error):
+    /// from now on it may write anywhere. Issuing an id again (an epoch bump) keeps
+    /// its state; the batches' new epoch restarts their numbering.
+    pub fn issue(&self, vpid: i64) {
+        self.issue_at(vpid, Instant::now())
+    }
+
+    pub(crate) fn issue_at(&self, vpid: i64, now: Instant) {
+        if vpid < 0 {
+            return;
+        }
+        let mut t = self.inner.lock().expect("producers lock");
+        if !t.touch(vpid, now) {
+            let tick = t.clock;
+            t.map.insert(vpid, Producer::new(tick, now));
+            t.order.insert(tick, vpid);
+            t.bytes += PRODUCER_OVERHEAD;
+        }
+        t.shrink(&self.limits, now, vpid);
+    }
+
     /// Records the id `cluster` issued for `vpid` while the client used
     /// `client_epoch`. Two connections of one producer can ask at the same time; the
     /// first id recorded wins and stays (a batch may already carry it), the other is
-    /// never used.
+    /// never used. Nothing is recorded for an id without state (evicted meanwhile):
+    /// its next batch is refused like any unknown id.
     pub fn set_foreign(&self, vpid: i64, cluster: usize, pid: i64, epoch: i16, client_epoch: i16) {
         let mut inner = self.inner.lock().expect("producers lock");
-        inner
-            .entry(vpid)
-            .or_default()
-            .foreign
-            .entry(cluster)
-            .or_insert((pid, epoch, client_epoch));
+        if let Some(p) = inner.map.get_mut(&vpid) {
+            p.foreign
+                .entry(cluster)
+                .or_insert((pid, epoch, client_epoch));
+        }
     }
 
     /// Maps one batch of `vpid` for `topic`/`partition` going to `cluster`.
@@ -218,9 +371,51 @@ impl Producers {
         partition: i32,
         cluster: usize,
     ) -> Result<Upstream, PlanError> {
+        self.plan_at(batch, topic, partition, cluster, Instant::now())
+    }
+
+    pub(crate) fn plan_at(
+        &self,
+        batch: &BatchHeader,
+        topic: &str,
+        partition: i32,
+        cluster: usize,
+        now: Instant,
+    ) -> Result<Upstream, PlanError> {
         let (home, home_pid) = from_virtual(batch.producer_id);
-        let mut inner = self.inner.lock().expect("producers lock");
-        let producer = inner.entry(batch.producer_id).or_default();
+        let mut guard = self.inner.lock().expect("producers lock");
+        let table = &mut *guard;
+        if !table.touch(batch.producer_id, now) {
+            if cluster != home {
+                return Err(PlanError::UnknownProducer);
+            }
+            // The pure home mapping; nothing remembered (module docs).
+            return Ok(Upstream {
+                producer_id: home_pid,
+                epoch: batch.epoch,
+                base_sequence: batch.base_sequence,
+            });
+        }
+        let key = (topic.to_string(), partition);
+        let producer = table.map.get_mut(&batch.producer_id).expect("touched");
+        if !producer.partitions.contains_key(&key) {
+            let cost = PARTITION_OVERHEAD + topic.len();
+            if PRODUCER_OVERHEAD + producer.bytes + cost > self.limits.max_bytes {
+                // One producer alone would exceed the whole budget: no number
+                // could be kept for this partition, so it cannot be mapped safely.
+                tracing::warn!(
+                    virtual_id = batch.producer_id,
+                    partitions = producer.partitions.len(),
+                    "producer state budget exhausted by one producer; batch refused"
+                );
+                return Err(PlanError::UnknownProducer);
+            }
+            producer.bytes += cost;
+            table.bytes += cost;
+        }
+        let vpid = batch.producer_id;
+        table.shrink(&self.limits, now, vpid);
+        let producer = table.map.get_mut(&vpid).expect("kept by shrink");
         let (pid, epoch) = if cluster == home {
             (home_pid, batch.epoch)
         } else {
@@ -231,7 +426,6 @@ impl Producers {
             let bump = (batch.epoch as i32 - base_client as i32).max(0);
             (pid, (base_epoch as i32 + bump).min(i16::MAX as i32) as i16)
         };
-        let key = (topic.to_string(), partition);
         let seq = batch.base_sequence;
         let part = producer.partitions.entry(key).or_insert_with(|| Partition {
             cluster,
@@ -283,6 +477,7 @@ impl Producers {
         }
         let mut inner = self.inner.lock().expect("producers lock");
         let Some(part) = inner
+            .map
             .get_mut(&sent.producer_id)
             .and_then(|p| p.partitions.get_mut(&(sent.topic.clone(), sent.partition)))
         else {
@@ -299,7 +494,21 @@ impl Producers {
 
     /// Number of virtual producers known (for /status).
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("producers lock").len()
+        self.inner.lock().expect("producers lock").map.len()
+    }
+
+    /// Bookkeeping bytes held (for /status and metrics).
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().expect("producers lock").bytes
+    }
+
+    /// Whether the proxy holds state for `vpid` (an id it issued and still knows).
+    pub fn knows(&self, vpid: i64) -> bool {
+        self.inner
+            .lock()
+            .expect("producers lock")
+            .map
+            .contains_key(&vpid)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -407,6 +616,7 @@ mod tests {
     fn sequences_follow_a_partition_across_clusters_and_back() {
         let p = Producers::default();
         let vpid = to_virtual(5, 0); // issued by cluster 0
+        p.issue(vpid);
         let u = write(&p, vpid, 0, 10, 0);
         assert_eq!(
             (u.producer_id, u.epoch, u.base_sequence),
@@ -446,6 +656,7 @@ mod tests {
     fn only_the_next_batch_opens_a_partition_on_its_new_cluster() {
         let p = Producers::default();
         let vpid = to_virtual(2, 0);
+        p.issue(vpid);
         p.set_foreign(vpid, 1, 9, 0, 0);
         write(&p, vpid, 0, 4, 0); // client 0..4 acknowledged at home
                                   // The partition moves to cluster 1 while batch 4 is still unresolved at
@@ -470,11 +681,116 @@ mod tests {
     fn epoch_bump_restarts_sequences() {
         let p = Producers::default();
         let vpid = to_virtual(9, 1);
+        p.issue(vpid);
         p.set_foreign(vpid, 0, 100, 4, 0);
         let u = write(&p, vpid, 50, 10, 0);
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 4, 0));
         let u = p.plan(&header(vpid, 1, 0, 10), "a", 0, 0).unwrap();
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 5, 0));
+    }
+
+    #[test]
+    fn ids_the_proxy_never_issued_create_nothing() {
+        let p = Producers::default();
+        // A forged id naming cluster 1, written to cluster 0: refused, no state.
+        let forged = to_virtual(777, 1);
+        assert_eq!(
+            p.plan(&header(forged, 0, 0, 1), "a", 0, 0),
+            Err(PlanError::UnknownProducer)
+        );
+        p.set_foreign(forged, 0, 1, 0, 0);
+        ack(&p, forged, 0, 0, 1, 0);
+        assert!(p.is_empty());
+        // At its home the pure mapping applies, still without state (a restart
+        // must not break producers writing home).
+        let u = p.plan(&header(forged, 3, 42, 1), "a", 0, 1).unwrap();
+        assert_eq!((u.producer_id, u.epoch, u.base_sequence), (777, 3, 42));
+        assert!(p.is_empty());
+        // Once issued, it may ask for a foreign id.
+        p.issue(forged);
+        assert_eq!(
+            p.plan(&header(forged, 0, 0, 1), "a", 0, 0),
+            Err(PlanError::NeedProducerId { cluster: 0 })
+        );
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn least_recently_used_producers_are_evicted_and_then_refused_abroad() {
+        let p = Producers::with_limits(ProducerLimits {
+            max_producers: 2,
+            ..ProducerLimits::default()
+        });
+        let (a, b, c) = (to_virtual(1, 0), to_virtual(2, 0), to_virtual(3, 0));
+        p.issue(a);
+        p.issue(b);
+        p.set_foreign(a, 1, 10, 0, 0);
+        write(&p, a, 0, 1, 1); // `a` is in use; `b` is idle
+        p.issue(c);
+        assert_eq!(p.len(), 2);
+        assert!(p.knows(a) && p.knows(c) && !p.knows(b));
+        // The evicted producer never gets a wrong id: abroad it is refused, at home
+        // it keeps its own.
+        assert_eq!(
+            p.plan(&header(b, 0, 5, 1), "a", 0, 1),
+            Err(PlanError::UnknownProducer)
+        );
+        assert_eq!(
+            p.plan(&header(b, 0, 5, 1), "a", 0, 0).unwrap().producer_id,
+            2
+        );
+        assert_eq!(
+            p.plan(&header(a, 0, 1, 1), "a", 0, 1).unwrap().producer_id,
+            10
+        );
+    }
+
+    #[test]
+    fn bookkeeping_bytes_stay_within_the_budget() {
+        let budget = 1 << 20;
+        let p = Producers::with_limits(ProducerLimits {
+            max_bytes: budget,
+            ..ProducerLimits::default()
+        });
+        let long = "t".repeat(30_000);
+        let mut refused = 0;
+        for i in 0..200 {
+            let vpid = to_virtual(i, 0);
+            p.issue(vpid);
+            for part in 0..10 {
+                if p.plan(&header(vpid, 0, 0, 1), &format!("{i}{long}"), part, 0)
+                    .is_err()
+                {
+                    refused += 1;
+                }
+            }
+            assert!(p.bytes() <= budget, "{} > {budget}", p.bytes());
+        }
+        assert_eq!(refused, 0, "each producer alone fits; others were evicted");
+        assert!(p.len() < 200);
+        // One producer alone cannot outgrow the budget: its new partitions are
+        // refused instead.
+        let hog = to_virtual(9999, 0);
+        p.issue(hog);
+        let results: Vec<_> = (0..100)
+            .map(|part| p.plan(&header(hog, 0, 0, 1), &long, part, 0))
+            .collect();
+        assert!(results.contains(&Err(PlanError::UnknownProducer)));
+        assert!(p.bytes() <= budget);
+    }
+
+    #[test]
+    fn idle_producers_age_out() {
+        let p = Producers::with_limits(ProducerLimits {
+            idle: Duration::from_secs(60),
+            ..ProducerLimits::default()
+        });
+        let t0 = Instant::now();
+        let (a, b) = (to_virtual(1, 0), to_virtual(2, 0));
+        p.issue_at(a, t0);
+        p.issue_at(b, t0 + Duration::from_secs(30));
+        p.issue_at(b, t0 + Duration::from_secs(61));
+        assert!(!p.knows(a) && p.knows(b));
     }
 
     #[test]
