@@ -145,6 +145,9 @@ enum Target {
     Frames = 3,
     Records = 4,
     Sasl = 5,
+    /// A request or response body alone, decoded while the seeds are built.
+    RequestBody = 6,
+    ResponseBody = 7,
 }
 
 impl Target {
@@ -155,6 +158,8 @@ impl Target {
             Target::Frames => "frames",
             Target::Records => "records",
             Target::Sasl => "sasl",
+            Target::RequestBody => "requestbody",
+            Target::ResponseBody => "responsebody",
         }
     }
     fn from_u8(v: u8) -> Option<Target> {
@@ -164,6 +169,8 @@ impl Target {
             Target::Frames,
             Target::Records,
             Target::Sasl,
+            Target::RequestBody,
+            Target::ResponseBody,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -266,7 +273,7 @@ struct Stats {
     /// Largest allocation per input byte, among allocations above 64 KiB.
     worst_ratio: f64,
     /// Per target: largest single allocation and the length of its input.
-    worst_peak: [(usize, usize); 6],
+    worst_peak: [(usize, usize); 8],
 }
 
 /// Runs `f` on `input` with allocation tracking, counting a panic or an allocation
@@ -280,6 +287,13 @@ fn guarded(
     f: impl FnOnce(&[u8]) -> bool,
 ) {
     stats.inputs += 1;
+    // A client frame names its own api and version.
+    let (api, version) = match (target, input) {
+        (Target::Request, [a, b, c, d, ..]) => {
+            (i16::from_be_bytes([*a, *b]), i16::from_be_bytes([*c, *d]))
+        }
+        _ => (api, version),
+    };
     CUR_PTR.store(input.as_ptr() as *mut u8, Ordering::Relaxed);
     CUR_LEN.store(input.len(), Ordering::Relaxed);
     CUR_API.store(api, Ordering::Relaxed);
@@ -571,13 +585,19 @@ const FILL_LENS: &[usize] = &[
 /// and every empty string gets "abc". The crate's message structs cannot be walked
 /// generically, so the populator searches with the decoder itself and keeps a
 /// candidate only if it re-encodes to something longer that decodes back equal.
-fn populate<T: Msg>(body: &[u8], version: i16, rng: &mut Rng, limit: usize) -> Vec<Vec<u8>> {
-    let Some(base) = decode_body::<T>(body, version) else {
+fn populate<T: Msg>(
+    body: &[u8],
+    version: i16,
+    rng: &mut Rng,
+    limit: usize,
+    sc: &mut SeedCtx,
+) -> Vec<Vec<u8>> {
+    let Some(base) = sc.decode::<T>(body, version) else {
         return Vec::new();
     };
     let mut out: Vec<Vec<u8>> = Vec::new();
-    let accept = |cand: &[u8], out: &mut Vec<Vec<u8>>| -> bool {
-        let Some(m) = decode_body::<T>(cand, version) else {
+    let mut accept = |cand: &[u8], out: &mut Vec<Vec<u8>>| -> bool {
+        let Some(m) = sc.decode::<T>(cand, version) else {
             return false;
         };
         if m == base {
@@ -646,9 +666,29 @@ fn populate<T: Msg>(body: &[u8], version: i16, rng: &mut Rng, limit: usize) -> V
     out
 }
 
+/// The populator's candidates are hostile inputs too (a filler byte of 1 in a count's
+/// high byte is a count of 16 million), so they are decoded under the same guard.
+struct SeedCtx {
+    stats: Stats,
+    api: i16,
+    target: Target,
+}
+
+impl SeedCtx {
+    fn decode<T: Msg>(&mut self, body: &[u8], version: i16) -> Option<T> {
+        let mut out = None;
+        guarded(&mut self.stats, self.target, self.api, version, body, |b| {
+            out = decode_body::<T>(b, version);
+            out.is_some()
+        });
+        out
+    }
+}
+
 struct SeedGen {
     rng: Rng,
     seeds: Vec<Seed>,
+    sc: SeedCtx,
 }
 
 impl SeedGen {
@@ -663,9 +703,14 @@ impl SeedGen {
         // Two rounds: arrays of elements that themselves hold a populated array
         // (a topic with a partition) come from populating a populated body.
         let mut bodies = vec![(body.clone(), false)];
-        let first = populate::<T>(&body, version, &mut self.rng, 6);
+        self.sc.api = api as i16;
+        self.sc.target = match target {
+            Target::Request => Target::RequestBody,
+            _ => Target::ResponseBody,
+        };
+        let first = populate::<T>(&body, version, &mut self.rng, 6, &mut self.sc);
         for b in first.iter().take(3) {
-            for b2 in populate::<T>(b, version, &mut self.rng, 3) {
+            for b2 in populate::<T>(b, version, &mut self.rng, 3, &mut self.sc) {
                 bodies.push((b2, true));
             }
         }
@@ -717,15 +762,37 @@ impl Visit for SeedGen {
     }
 }
 
-fn build_seeds(rng: &mut Rng) -> Vec<Seed> {
+fn build_seeds(rng: &mut Rng) -> (Vec<Seed>, Stats) {
     let mut gen = SeedGen {
         rng: Rng(rng.next()),
         seeds: Vec::new(),
+        sc: SeedCtx {
+            stats: Stats::default(),
+            api: -1,
+            target: Target::RequestBody,
+        },
     };
     for api in ApiKey::iter() {
         dispatch(api, &mut gen);
     }
-    gen.seeds
+    (gen.seeds, gen.sc.stats)
+}
+
+/// Decodes a saved body at its version (replay of a seed-time failure).
+struct DecodeBody<'a> {
+    body: &'a [u8],
+    version: i16,
+    request: bool,
+}
+
+impl Visit for DecodeBody<'_> {
+    fn visit<Req: Msg, Resp: Msg>(&mut self, _api: ApiKey) {
+        if self.request {
+            decode_body::<Req>(self.body, self.version);
+        } else {
+            decode_body::<Resp>(self.body, self.version);
+        }
+    }
 }
 
 // ------------------------------------------------------------------ targets
@@ -1508,6 +1575,23 @@ fn replay(path: &str, ctx: &Ctx, stats: &mut Stats) {
         ("frames", _) => guarded(stats, Target::Frames, -1, -1, &input, run_frames),
         ("records", _) => guarded(stats, Target::Records, -1, -1, &input, run_records),
         ("sasl", _) => guarded(stats, Target::Sasl, -1, -1, &input, |i| run_sasl(i, ctx)),
+        (body @ ("requestbody" | "responsebody"), Some(api)) => {
+            let request = body == "requestbody";
+            let t = if request {
+                Target::RequestBody
+            } else {
+                Target::ResponseBody
+            };
+            guarded(stats, t, api as i16, version, &input, |body| {
+                let mut d = DecodeBody {
+                    body,
+                    version,
+                    request,
+                };
+                dispatch(api, &mut d);
+                true
+            })
+        }
         _ => panic!("cannot tell the target of {name}"),
     }
 }
@@ -1540,14 +1624,17 @@ fn main() {
         println!("fuzz: element sizes (bytes): {}", element_sizes());
         // Seeds come from their own stream so the same seeds are used whatever
         // SWITCHYARD_FUZZ_SEED is.
-        let seeds = build_seeds(&mut Rng(1));
+        let (seeds, seed_stats) = build_seeds(&mut Rng(1));
         println!(
-            "fuzz: {} seed encodings ({} populated) for {} apis, in {:.1} s",
+            "fuzz: {} seed encodings ({} populated) for {} apis from {} guarded decodes ({} failures), in {:.1} s",
             seeds.len(),
             seeds.iter().filter(|s| s.populated).count(),
             ApiKey::iter().count(),
+            seed_stats.inputs,
+            seed_stats.failures,
             started.elapsed().as_secs_f64()
         );
+        stats.failures += seed_stats.failures;
         array_count_variants(&mut stats, &ctx, &seeds);
         let mut rng = Rng(seed);
         println!("fuzz: {n} random inputs, seed {seed:#x}");
@@ -1562,6 +1649,7 @@ fn main() {
         Target::Records,
         Target::Sasl,
     ] {
+        // Seed-time body decodes are reported with the seed line.
         let (peak, len) = stats.worst_peak[t as usize];
         let _ = write!(peaks, " {} {peak} B ({len}-byte input);", t.name());
     }
