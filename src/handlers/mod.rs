@@ -36,11 +36,13 @@ pub struct VirtualMap {
 
 impl VirtualMap {
     /// Virtual id of an upstream broker id. Negative ids (none, unknown) stay as they are.
+    /// An id too large to shift (only a broken or hostile broker sends one) saturates
+    /// instead of overflowing: it names no virtual broker either way.
     pub fn to_virtual(&self, upstream_id: i32) -> i32 {
         if upstream_id < 0 {
             upstream_id
         } else {
-            upstream_id + self.node_id_offset
+            upstream_id.saturating_add(self.node_id_offset)
         }
     }
 
@@ -53,7 +55,8 @@ impl VirtualMap {
     pub fn port(&self, virtual_id: i32) -> i32 {
         match self.sni_pattern {
             Some(_) => self.listener_port as i32,
-            None => self.broker_port_base as i32 + virtual_id,
+            // Saturates for the same ids as `to_virtual`; such a port is unusable.
+            None => (self.broker_port_base as i32).saturating_add(virtual_id),
         }
     }
 

@@ -66,7 +66,11 @@ pub fn to_virtual(upstream_pid: i64, cluster: usize) -> i64 {
     if upstream_pid < 0 {
         upstream_pid
     } else {
-        upstream_pid * MAX_CLUSTERS as i64 + cluster as i64
+        // Saturates rather than overflows for ids no broker allocates (> 2^59): the
+        // response comes from upstream and must not be able to panic the proxy.
+        upstream_pid
+            .saturating_mul(MAX_CLUSTERS as i64)
+            .saturating_add(cluster as i64)
     }
 }
 
@@ -135,7 +139,9 @@ pub fn batches(records: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
             producer_id: be_i64(b, PRODUCER_ID),
             epoch: be_i16(b, PRODUCER_EPOCH),
             base_sequence: be_i32(b, BASE_SEQUENCE),
-            count: be_i32(b, RECORD_COUNT).max(be_i32(b, LAST_OFFSET_DELTA) + 1),
+            // The client writes these fields; a last offset delta of i32::MAX must
+            // not overflow (it did, in debug builds, on a hostile Produce).
+            count: be_i32(b, RECORD_COUNT).max(be_i32(b, LAST_OFFSET_DELTA).saturating_add(1)),
             transactional: (be_i16(b, ATTRIBUTES) as u16) & TRANSACTIONAL != 0,
         });
         at += total;
