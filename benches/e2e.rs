@@ -226,7 +226,7 @@ fn one_broker_arm(
 fn arms(round: usize, env: &Env) -> [(&'static str, String); 2] {
     let direct = ("direct", env.cluster.bootstrap());
     let proxy = ("proxy", env.proxy.bootstrap.clone());
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [direct, proxy]
     } else {
         [proxy, direct]

@@ -136,6 +136,9 @@ impl Proxy {
         let routes = RouteTable::new(1, &config);
         metrics::route_version(1);
         let state = StateStore::open(&config.proxy.state_dir).map_err(|e| e.to_string())?;
+        let key = crate::state::secret(&config.proxy.state_dir, "producer-ids.key")
+            .map_err(|e| format!("producer id key: {e}"))?;
+        let producers = Producers::with_key(Default::default(), key);
         let tls = acceptor(&config)?;
         let sasl = server_sasl(&config)?;
         let token = admin_token(&config)?;
@@ -150,7 +153,7 @@ impl Proxy {
             sasl: ArcSwap::from_pointee(sasl),
             admin_token: ArcSwap::from_pointee(token),
             state,
-            producers: Arc::new(Producers::default()),
+            producers: Arc::new(producers),
             identities: Identities::default(),
             inflight: Arc::new(Inflight::default()),
             changing: tokio::sync::Mutex::new(()),

@@ -910,7 +910,9 @@ fn run_request(input: &[u8], ctx: &Ctx) -> bool {
     }
     if matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        for state in 0..4 {
+        // PLAIN (state 1) runs a key derivation per attempt, far too slow for a
+        // fuzz loop; its parsing has its own randomised test in src/sasl.rs.
+        for state in [0, 2, 3] {
             let mut session = Session::new(ip, None);
             session.sasl = match state {
                 0 => SaslState::Start,
@@ -925,7 +927,11 @@ fn run_request(input: &[u8], ctx: &Ctx) -> bool {
                     Err(_) => SaslState::Start,
                 },
             };
-            let _ = handlers::sasl::handle(&ctx.sasl, &mut session, &frame);
+            // Failed logins are answered after a delay: on a runtime with paused
+            // time that delay passes at once.
+            SASL_RUNTIME.with(|rt| {
+                let _ = rt.block_on(handlers::sasl::handle(&ctx.sasl, &mut session, &frame));
+            });
         }
     }
     if supported(api, version) {
@@ -934,6 +940,17 @@ fn run_request(input: &[u8], ctx: &Ctx) -> bool {
         let _ = handlers::handle(&frame, &ctx.sni_map);
     }
     d.ok
+}
+
+thread_local! {
+    static SASL_RUNTIME: tokio::runtime::Runtime = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt
+    };
 }
 
 fn topic(s: &'static str) -> TopicName {
@@ -1004,6 +1021,7 @@ fn rewrites_for(api: ApiKey, version: i16, rng_bit: bool) -> Vec<(ResponseRewrit
         ApiKey::InitProducerId => vec![same(ResponseRewrite::InitProducerId {
             cluster: 3,
             name: "target".into(),
+            producers: std::sync::Arc::new(Default::default()),
         })],
         _ => Vec::new(),
     }

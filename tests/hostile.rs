@@ -43,7 +43,11 @@ fn frame(api: ApiKey, version: i16, corr: i32, client: &'static str, body: &[u8]
 /// arrays and strings, zero numbers) and encoded again.
 fn minimal_request(api: ApiKey, version: i16) -> Option<Vec<u8>> {
     let mut zeros = Bytes::from(vec![0u8; 256]);
-    let req = RequestKind::decode(api, &mut zeros, version).ok()?;
+    let mut req = RequestKind::decode(api, &mut zeros, version).ok()?;
+    if let RequestKind::Produce(p) = &mut req {
+        // acks = 0 would mean no answer, and these tests wait for answers.
+        p.acks = 1;
+    }
     let mut b = BytesMut::new();
     req.encode(&mut b, version).ok()?;
     Some(b.to_vec())
@@ -162,7 +166,7 @@ fn hostile_requests_close_only_their_connection() {
     }
 
     let apis = advertised(&proxy.bootstrap);
-    assert!(apis.len() > 20, "advertised {apis:?}");
+    assert!(apis.len() >= 20, "advertised {apis:?}");
     let mut sent = 0usize;
     for (api, min, max) in apis {
         for version in min..=max {
@@ -428,7 +432,7 @@ fn connection_floods_are_held_cheaply_and_timed_out() {
         fds(sasl_pid)
     );
     assert!(
-        descriptors >= 12_000 && descriptors < 12_200,
+        (12_000..12_200).contains(&descriptors),
         "{descriptors} descriptors"
     );
     // The good client's connection is the only one that needed the broker (plus the

@@ -757,7 +757,7 @@ pub fn rewrite_init_producer_id(
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, version, frame)?;
-    let virtual_id = producers::to_virtual(resp.producer_id.0, cluster);
+    let virtual_id = issued.issue_id(resp.producer_id.0, cluster);
     if ResponseError::try_from_code(resp.error_code).is_none() {
         // The only place producer state is created (switch::producers docs).
         issued.issue(virtual_id);

@@ -549,6 +549,55 @@ impl StateStore {
     }
 }
 
+/// A 32-byte secret kept in `dir/name` (hex), made at first use. Switchyard keys
+/// the tags of the virtual producer ids it issues with it, so that after a restart
+/// it still recognises the ids it handed out (and only those). The file is created
+/// readable by its owner only.
+pub fn secret(dir: &Path, name: &str) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            let bytes: Option<Vec<u8>> = (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect();
+            match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                Some(key) => Ok(key),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: not 64 hex digits; restore it, or remove it to make a new one (producers issued before then must re-initialise)",
+                        path.display()
+                    ),
+                )),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = path.with_extension("tmp");
+            let mut f = {
+                let mut o = std::fs::OpenOptions::new();
+                o.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                o.open(&tmp)?
+            };
+            f.write_all(hex.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -32,15 +32,18 @@
 //!   before (an evicted producer), the home broker's numbering lags the client's,
 //!   so the broker answers OUT_OF_ORDER_SEQUENCE_NUMBER (never a false duplicate)
 //!   and the client bumps its epoch or fails, never writes under a wrong id.
-//! - **anywhere else** is refused with UNKNOWN_PRODUCER_ID ([`PlanError::UnknownProducer`])
-//!   without asking that cluster for an id: a forged id would otherwise cost an
-//!   upstream InitProducerId and an entry each. UNKNOWN_PRODUCER_ID is the answer that
-//!   never reads as success and that makes clients start over: Java 2.4 re-inits;
-//!   Java 2.5+ and librdkafka bump the epoch and retry (then fail the batch to the
-//!   application, or librdkafka goes fatal when it cannot retry safely).
-//!   INVALID_PRODUCER_ID_MAPPING would fail the batch in Java at once but never makes
-//!   any client re-init. The price: a producer evicted, or issued before a proxy
-//!   restart, cannot write to a cluster other than its home until it is recreated.
+//! - **anywhere else** it must prove the proxy issued it. Issued ids are tagged:
+//!   [`Producers::issue_id`] puts an HMAC of (cluster, upstream id) under a secret
+//!   kept in the state directory (`producer-ids.key`) into spare high bits of the
+//!   virtual id. An id whose tag checks out gets its state back (a proxy restart or
+//!   an eviction costs a producer nothing); any other is refused with
+//!   UNKNOWN_PRODUCER_ID ([`PlanError::UnknownProducer`]) without asking that
+//!   cluster for an id, so a forged id costs neither an upstream InitProducerId nor
+//!   an entry. UNKNOWN_PRODUCER_ID is the answer that never reads as success:
+//!   Java 2.4 re-inits; Java 2.5+ and librdkafka bump the epoch and retry (then fail
+//!   the batch to the application). INVALID_PRODUCER_ID_MAPPING would fail the batch
+//!   in Java at once but never makes any client re-init. Proxies that must accept
+//!   each other's producers (replicas of one gateway) share the key file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -62,24 +65,53 @@ const RECORD_COUNT: usize = 57;
 pub const HEADER_LEN: usize = 61;
 const TRANSACTIONAL: u16 = 0x10;
 
+/// Tagged virtual ids (those [`Producers::issue_id`] hands out) have this bit set,
+/// a keyed tag in the bits below it, then 40 bits of upstream id and 4 of home
+/// cluster. Brokers allocate ids from 0 in blocks of 1,000, so 40 bits outlast any
+/// cluster; a larger id is issued untagged (`upstream * 16 + cluster`).
+const TAGGED: i64 = 1 << 62;
+const CLUSTER_BITS: u32 = 4;
+const UPSTREAM_BITS: u32 = 40;
+const UPSTREAM_MASK: i64 = (1 << UPSTREAM_BITS) - 1;
+const TAG_SHIFT: u32 = CLUSTER_BITS + UPSTREAM_BITS;
+const TAG_MASK: i64 = (1 << (62 - TAG_SHIFT)) - 1;
+
+/// The untagged virtual id of `upstream_pid` issued by cluster `cluster`.
 pub fn to_virtual(upstream_pid: i64, cluster: usize) -> i64 {
     if upstream_pid < 0 {
         upstream_pid
     } else {
-        // Saturates rather than overflows for ids no broker allocates (> 2^59): the
+        // Saturates rather than overflows for ids no broker allocates (> 2^58): the
         // response comes from upstream and must not be able to panic the proxy.
         upstream_pid
             .saturating_mul(MAX_CLUSTERS as i64)
             .saturating_add(cluster as i64)
+            .min(TAGGED - 1)
     }
 }
 
-/// (home cluster index, upstream id) of a virtual id.
+/// (home cluster index, upstream id) of a virtual id, tagged or not.
 pub fn from_virtual(vpid: i64) -> (usize, i64) {
-    (
-        (vpid % MAX_CLUSTERS as i64) as usize,
-        vpid / MAX_CLUSTERS as i64,
-    )
+    let cluster = (vpid & (MAX_CLUSTERS as i64 - 1)) as usize;
+    if vpid >= 0 && vpid & TAGGED != 0 {
+        (cluster, (vpid >> CLUSTER_BITS) & UPSTREAM_MASK)
+    } else {
+        (cluster, vpid >> CLUSTER_BITS)
+    }
+}
+
+/// The tag of (cluster, upstream id) under `key`: the proxy's proof that it issued
+/// the id, checkable after a restart without remembering anything.
+fn tag(key: &[u8; 32], cluster: usize, upstream_pid: i64) -> i64 {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(&(cluster as u64).to_be_bytes());
+    mac.update(&upstream_pid.to_be_bytes());
+    let out = mac.finalize().into_bytes();
+    let t = i64::from_be_bytes(out[..8].try_into().expect("8 bytes")) & TAG_MASK;
+    // Tag 0 is as good as any other; keeping it nonzero makes a zeroed field
+    // visibly untagged in logs.
+    t.max(1)
 }
 
 /// The fields of one v2 batch header the proxy reads.
@@ -320,18 +352,65 @@ pub struct Sent {
 
 /// Per virtual producer id the proxy issued: the ids other clusters issued for it
 /// and the sequence bookkeeping of each partition it writes. Bounded (module docs).
-#[derive(Debug, Default)]
 pub struct Producers {
     inner: Mutex<Table>,
     limits: ProducerLimits,
+    /// Signs the virtual ids this proxy issues ([`Producers::issue_id`]).
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Producers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Producers")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Producers {
+    fn default() -> Self {
+        Producers::with_limits(ProducerLimits::default())
+    }
 }
 
 impl Producers {
+    /// Producer state with a key of its own (tests, or a proxy without a state
+    /// directory): ids it issued are recognised until it exits.
     pub fn with_limits(limits: ProducerLimits) -> Producers {
+        Producers::with_key(limits, rand::random())
+    }
+
+    /// Producer state whose issued ids carry tags under `key`, kept in the state
+    /// directory so that ids issued before a restart are still recognised.
+    pub fn with_key(limits: ProducerLimits, key: [u8; 32]) -> Producers {
         Producers {
             inner: Mutex::default(),
             limits,
+            key,
         }
+    }
+
+    /// The virtual id a client is given for `upstream_pid` from `cluster`: tagged,
+    /// so that this proxy (or one sharing its key) knows it issued it even when it
+    /// has no state for it (restarted, or evicted the entry).
+    pub fn issue_id(&self, upstream_pid: i64, cluster: usize) -> i64 {
+        if !(0..=UPSTREAM_MASK).contains(&upstream_pid) || cluster >= MAX_CLUSTERS {
+            return to_virtual(upstream_pid, cluster);
+        }
+        TAGGED
+            | (tag(&self.key, cluster, upstream_pid) << TAG_SHIFT)
+            | (upstream_pid << CLUSTER_BITS)
+            | cluster as i64
+    }
+
+    /// Whether `vpid` is an id [`Producers::issue_id`] handed out under this key.
+    pub fn verifies(&self, vpid: i64) -> bool {
+        if vpid < 0 || vpid & TAGGED == 0 {
+            return false;
+        }
+        let (cluster, upstream) = from_virtual(vpid);
+        (vpid >> TAG_SHIFT) & TAG_MASK == tag(&self.key, cluster, upstream)
     }
 
     /// The proxy handed `vpid` to a client (an InitProducerId answer without error):
@@ -393,7 +472,14 @@ impl Producers {
         let table = &mut *guard;
         if !table.touch(batch.producer_id, now) {
             if cluster != home {
-                return Err(PlanError::UnknownProducer);
+                if !self.verifies(batch.producer_id) {
+                    return Err(PlanError::UnknownProducer);
+                }
+                // Issued by this proxy before it restarted (or evicted since): its
+                // tag proves it, so it gets state again, as at issue.
+                drop(guard);
+                self.issue_at(batch.producer_id, now);
+                return self.plan_at(batch, topic, partition, cluster, now);
             }
             // The pure home mapping; nothing remembered (module docs).
             return Ok(Upstream {
@@ -693,6 +779,47 @@ mod tests {
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 4, 0));
         let u = p.plan(&header(vpid, 1, 0, 10), "a", 0, 0).unwrap();
         assert_eq!((u.producer_id, u.epoch, u.base_sequence), (100, 5, 0));
+    }
+
+    #[test]
+    fn issued_ids_are_recognised_after_a_restart_and_forgeries_are_not() {
+        let key = [7u8; 32];
+        let before = Producers::with_key(ProducerLimits::default(), key);
+        let vpid = before.issue_id(777, 1);
+        assert_eq!(from_virtual(vpid), (1, 777));
+        assert!(vpid > 0 && before.verifies(vpid));
+        // The same key after a restart: no state, but the tag proves the id, so a
+        // write away from home asks for an id there instead of being refused.
+        let after = Producers::with_key(ProducerLimits::default(), key);
+        assert!(after.is_empty());
+        assert_eq!(
+            after.plan(&header(vpid, 0, 0, 1), "a", 0, 0),
+            Err(PlanError::NeedProducerId { cluster: 0 })
+        );
+        assert_eq!(after.len(), 1);
+        // Another key, a flipped tag bit, an untagged id: refused, nothing kept.
+        let other = Producers::with_key(ProducerLimits::default(), [8u8; 32]);
+        let flipped = vpid ^ (1 << 50);
+        for (p, id) in [
+            (&other, vpid),
+            (&after, flipped),
+            (&after, to_virtual(777, 1)),
+        ] {
+            let n = p.len();
+            assert!(!p.verifies(id));
+            assert_eq!(
+                p.plan(&header(id, 0, 0, 1), "a", 0, 0),
+                Err(PlanError::UnknownProducer)
+            );
+            assert_eq!(p.len(), n);
+        }
+        // Home mapping of a tagged id is its upstream id.
+        let u = after.plan(&header(vpid, 3, 42, 1), "b", 0, 1).unwrap();
+        assert_eq!((u.producer_id, u.epoch, u.base_sequence), (777, 3, 42));
+        // Ids too large for the layout are issued untagged and still map home.
+        let huge = before.issue_id(1 << 41, 2);
+        assert_eq!(from_virtual(huge), (2, 1 << 41));
+        assert!(!before.verifies(huge));
     }
 
     #[test]
