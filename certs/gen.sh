@@ -42,7 +42,8 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
     -days 825 -out server.crt -extfile server.ext 2>/dev/null
 
 # Client (mTLS): the subject becomes the client's principal.
-req client.key client.csr "/CN=${client_cn}/O=Switchyard development"
+# O first: Kafka (and Switchyard) show a subject last RDN first, as CN=...,O=...
+req client.key client.csr "/O=Switchyard development/CN=${client_cn}"
 cat > client.ext <<EOF
 basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment

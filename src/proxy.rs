@@ -188,13 +188,17 @@ impl Proxy {
             if sw.phase >= Phase::Flipped {
                 tracing::info!(group = %sw.group, to = %sw.to, "group switch had flipped before the restart; done");
                 sw.phase = Phase::Done;
-                let _ = self.state.record_group(sw);
+                if let Err(e) = self.state.record_group(sw) {
+                    tracing::error!(error = %e, "could not record a group switch in the state store; it is redone at the next start");
+                }
                 continue;
             }
             if configured != sw.to {
                 tracing::info!(group = %sw.group, "group switch left unfinished and no longer configured; cancelled");
                 sw.phase = Phase::Cancelled;
-                let _ = self.state.record_group(sw);
+                if let Err(e) = self.state.record_group(sw) {
+                    tracing::error!(error = %e, "could not record a group switch in the state store; it is redone at the next start");
+                }
                 continue;
             }
             tracing::info!(group = %sw.group, from = %sw.from, to = %sw.to, phase = sw.phase.as_str(), "resuming group switch from the start; the group stays on its old cluster meanwhile");
@@ -269,7 +273,7 @@ impl Proxy {
             {
                 // Recorded, so /status says why as well as the API.
                 let now = crate::switch::handoff::now_ms();
-                let _ = self.state.record_group(GroupSwitch {
+                let recorded = self.state.record_group(GroupSwitch {
                     group: group.to_string(),
                     from: from.clone(),
                     to: req.to.clone(),
@@ -281,6 +285,9 @@ impl Proxy {
                     started_at_ms: now,
                     updated_at_ms: now,
                 });
+                if let Err(w) = recorded {
+                    tracing::error!(group, error = %w, "could not record the refused switch in the state store");
+                }
                 metrics::switch("group", "failed");
                 tracing::warn!(group, to = %req.to, reason = %e, "group switch refused: offsets cannot be translated; the group stays where it is");
                 return Err(SwitchRefused::Untranslatable(e.to_string()));

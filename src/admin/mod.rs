@@ -360,6 +360,8 @@ pub fn status_json(proxy: &Proxy) -> Value {
             ))
         })
         .collect();
+    let (groups_sample, groups_total) = proxy.identities.group_members_sample(100);
+    let attribution = proxy.identities.stats();
     json!({
         "cluster_id": config.proxy.cluster_id,
         "route_version": proxy.routes().version,
@@ -372,8 +374,16 @@ pub fn status_json(proxy: &Proxy) -> Value {
         "routes": routes_json(proxy),
         "advertised_api_versions": advertised,
         "marks": proxy.marks(),
-        "groups_attributed": proxy.identities.group_members(),
+        // A sample: the full list is client-chosen names without bound.
+        "groups_attributed": groups_sample,
+        "groups_attributed_total": groups_total,
+        "attribution": {
+            "identities": attribution.identities,
+            "links": attribution.links,
+            "bytes": attribution.bytes,
+        },
         "virtual_producers": proxy.producers.len(),
+        "virtual_producer_bytes": proxy.producers.bytes(),
         "switches": proxy.group_switch_records().iter().map(switch_json).collect::<Vec<_>>(),
     })
 }

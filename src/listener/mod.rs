@@ -242,8 +242,24 @@ impl Listeners {
                                         .peer_certificates()
                                         .and_then(|c| c.first())
                                         .and_then(crate::tls::principal);
-                                    if let Some(p) = &principal {
-                                        tracing::debug!(%peer, principal = %p, "client certificate accepted");
+                                    let presented = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .is_some_and(|c| !c.is_empty());
+                                    match &principal {
+                                        // Client data: escaped, so a subject cannot forge log lines.
+                                        Some(p) => tracing::debug!(%peer, principal = ?p, "client certificate accepted"),
+                                        None if presented => {
+                                            // A certificate with neither subject nor SAN: every such
+                                            // certificate would share one empty principal.
+                                            crate::metrics::rejected_frame("tls_handshake");
+                                            tracing::warn!(%peer, listener = %name, "client certificate names no principal (empty subject, no SAN); connection closed");
+                                            drop(slot);
+                                            drop(permit);
+                                            return;
+                                        }
+                                        None => {}
                                     }
                                     let target = sni_target(&proxy, tls.get_ref().1.server_name(), target);
                                     connection::serve(

@@ -525,7 +525,16 @@ async fn login(
             .ok_or_else(|| fail(format!("unsupported mechanism {}", sasl.mechanism)))?;
     let r = authenticate(stream, addr, first, timeout).await?;
     check(&r)?;
-    let fin = scram.respond(&r.auth_bytes).map_err(fail)?;
+    // The key derivation is seconds of CPU at high iteration counts: off the
+    // runtime threads, which serve every client.
+    let server_first = r.auth_bytes.clone();
+    let (scram, fin) = tokio::task::spawn_blocking(move || {
+        let fin = scram.respond(&server_first);
+        (scram, fin)
+    })
+    .await
+    .map_err(|e| fail(format!("key derivation task: {e}")))?;
+    let fin = fin.map_err(fail)?;
     let r = authenticate(stream, addr, fin, timeout).await?;
     check(&r)?;
     scram.verify(&r.auth_bytes).map_err(fail)

@@ -793,8 +793,7 @@ impl Proxy {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
             let exe = String::from_utf8_lossy(args.first()?);
-            let is_proxy =
-                exe.ends_with("/switchyard") && args.contains(&config.as_bytes());
+            let is_proxy = exe.ends_with("/switchyard") && args.contains(&config.as_bytes());
             is_proxy.then_some(pid)
         })
     }
