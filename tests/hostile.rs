@@ -494,3 +494,99 @@ fn connection_floods_are_held_cheaply_and_timed_out() {
         "login timeout not logged"
     );
 }
+
+/// A broker that never answers: the client's connection is closed once the answer
+/// is overdue (`request_timeout_ms` plus the wait the request asked for), and the
+/// proxy keeps serving.
+#[test]
+fn an_upstream_that_never_answers_times_out() {
+    let broker = ScriptedBroker::start(
+        0,
+        &["t"],
+        Arc::new(|h: &RequestHeader, _: &Bytes| {
+            if h.client_id.as_deref() == Some("stuck") {
+                Reply::Ignore
+            } else {
+                Reply::Default
+            }
+        }),
+    );
+    let toml = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n[routes]\ndefault_cluster = \"source\"\n",
+        broker.bootstrap()
+    );
+    let proxy = Proxy::start_env(
+        "upstream-timeout",
+        &toml,
+        &[0],
+        &[("SWITCHYARD__PROXY__REQUEST_TIMEOUT_MS", "1000".into())],
+    );
+    let addr = format!("127.0.0.1:{}", proxy.port_base);
+    let mut s = connect(&addr);
+    let body = minimal_request(ApiKey::ListOffsets, 1).unwrap();
+    s.write_all(&frame(ApiKey::ListOffsets, 1, 1, "stuck", &body))
+        .unwrap();
+    let started = Instant::now();
+    assert!(read_frame(&mut s).is_none(), "an answer came from nowhere");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert_serving(&addr, "an upstream timeout");
+    let log = proxy.log_text();
+    assert!(log.contains("did not answer ListOffsets"), "{log}");
+    println!("stuck upstream: client connection closed after {waited:?}");
+}
+
+/// `max_connections_per_ip`: the connection over the limit is closed at once, the
+/// ones within it and those from other addresses are served.
+#[test]
+fn connections_per_address_are_capped() {
+    let broker = ScriptedBroker::plain(0, &["t"]);
+    let toml = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n[routes]\ndefault_cluster = \"source\"\n",
+        broker.bootstrap()
+    );
+    let proxy = Proxy::start_env(
+        "per-ip",
+        &toml,
+        &[0],
+        &[("SWITCHYARD__PROXY__MAX_CONNECTIONS_PER_IP", "3".into())],
+    );
+    let to: SocketAddr = proxy.bootstrap.parse().unwrap();
+    let one = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 20, 0, 1));
+    let other = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 20, 0, 2));
+    let probe = |s: &mut TcpStream| -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if s.write_all(&frame(ApiKey::ApiVersions, 0, 3, "per-ip", &[]))
+            .is_err()
+        {
+            return false;
+        }
+        read_frame(s).is_some()
+    };
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from(one, to).unwrap()).collect();
+    for s in held.iter_mut() {
+        assert!(probe(s), "a connection within the limit was refused");
+    }
+    let mut over = connect_from(one, to).unwrap();
+    assert!(
+        !probe(&mut over),
+        "the fourth connection from one address was served"
+    );
+    let mut elsewhere = connect_from(other, to).unwrap();
+    assert!(probe(&mut elsewhere), "another address was refused");
+    drop(held);
+    // Slots come back when connections close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = connect_from(one, to).unwrap();
+        if probe(&mut again) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(proxy.metrics().contains("connection_limit_per_ip"));
+}

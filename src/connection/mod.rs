@@ -908,3 +908,44 @@ impl UpstreamReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_declared_length_is_never_reserved() {
+        let mut b = ReadBuffer::new(BufferBudget::new(1 << 30));
+        // A client announced 100 MiB and sent nothing else yet.
+        b.make_room(100 << 20).await;
+        assert!(b.buf.capacity() <= 8 * 1024, "{}", b.buf.capacity());
+        // It grows by what has arrived, at most one step at a time.
+        b.buf.extend_from_slice(&[0; 40 * 1024]);
+        b.make_room(100 << 20).await;
+        assert!(b.buf.capacity() <= 40 * 1024 + READ_STEP * 2);
+    }
+
+    #[tokio::test]
+    async fn buffers_beyond_their_allowance_wait_for_the_budget_and_give_it_back() {
+        let budget = BufferBudget::new(512 * 1024);
+        let mut a = ReadBuffer::new(budget.clone());
+        a.buf.extend_from_slice(&[0; 30 * 1024]);
+        a.make_room(1 << 20).await;
+        assert_eq!(budget.available_kib(), 512, "within the allowance");
+        a.buf.extend_from_slice(&vec![0; 200 * 1024]);
+        a.make_room(1 << 20).await;
+        let drawn = 512 - budget.available_kib();
+        assert!(drawn >= 200, "drew {drawn} KiB");
+
+        let mut b = ReadBuffer::new(budget.clone());
+        b.buf.extend_from_slice(&vec![0; 400 * 1024]);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), b.make_room(1 << 20)).await;
+        assert!(waiting.is_err(), "the budget is spent: b must wait");
+        // a's frame is taken; its memory and budget come back, and b proceeds.
+        a.buf.clear();
+        a.settle();
+        assert_eq!(budget.available_kib(), 512);
+        b.make_room(1 << 20).await;
+        assert!(b.held_kib() >= 336);
+    }
+}

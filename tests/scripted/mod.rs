@@ -36,6 +36,8 @@ pub enum Reply {
     Raw(Bytes),
     /// Close the connection without answering.
     Close,
+    /// Never answer (the connection stays open).
+    Ignore,
 }
 
 /// Decides the answer to one request: (header, body bytes) → reply.
@@ -190,6 +192,7 @@ async fn serve(
             };
             let out = match reply {
                 Reply::Close => return Ok(()),
+                Reply::Ignore => continue,
                 Reply::Raw(b) => b,
                 Reply::Body(b) => {
                     let mut out = BytesMut::new();
