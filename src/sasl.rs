@@ -212,7 +212,10 @@ fn attributes(msg: &str) -> BTreeMap<char, String> {
         .filter_map(|kv| {
             let mut chars = kv.chars();
             let k = chars.next()?;
-            (chars.next() == Some('=')).then(|| (k, kv[2..].to_string()))
+            // The value starts after the key character and '=': a key may be a
+            // multi-byte character (the message is the client's), so `kv[2..]`
+            // could split it and panic.
+            (chars.next() == Some('=')).then(|| (k, kv[k.len_utf8() + 1..].to_string()))
         })
         .collect()
 }
