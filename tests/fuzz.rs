@@ -1335,8 +1335,19 @@ fn array_count_variants(stats: &mut Stats, ctx: &Ctx, seeds: &[Seed]) -> usize {
             }
         }
     }
+    // SASL texts: every token the parsers split on, and multi-byte characters, at
+    // every position of every seed (a key of 3 bytes once panicked the parser).
+    for seed in sasl_seeds() {
+        for at in 0..=seed.len() {
+            for t in SASL_TOKENS {
+                let mut a = seed.clone();
+                a.splice(at..at, t.bytes());
+                guarded(stats, Target::Sasl, -1, -1, &a, |i| run_sasl(i, ctx));
+            }
+        }
+    }
     println!(
-        "fuzz: array-count variants: {} inputs over {} api/version/direction encodings ({} with populated arrays or strings) and {} record blobs, {} failures so far",
+        "fuzz: array-count variants: {} inputs over {} api/version/direction encodings ({} with populated arrays or strings) and {} record blobs, plus SASL token insertions, {} failures so far",
         stats.inputs - before,
         keys.len(),
         populated,
@@ -1412,8 +1423,29 @@ fn sasl_seeds() -> Vec<Vec<u8>> {
 
 /// Tokens the SASL parsers split on or decode, and multi-byte characters.
 const SASL_TOKENS: &[&str] = &[
-    ",", "=", "n=", "r=", "p=", "c=", "s=", "i=", "a=", "\0", "=2C", "=3D", ",p=", "n,,", "é", "€",
-    "😀", "\u{fffd}",
+    ",",
+    "=",
+    "n=",
+    "r=",
+    "p=",
+    "c=",
+    "s=",
+    "i=",
+    "a=",
+    "\0",
+    "=2C",
+    "=3D",
+    ",p=",
+    "n,,",
+    "é",
+    "€",
+    "😀",
+    "\u{fffd}",
+    "é=",
+    "€=",
+    "😀=",
+    ",€=",
+    "\u{fffd}=",
 ];
 
 fn random_frames_input(rng: &mut Rng) -> Vec<u8> {
