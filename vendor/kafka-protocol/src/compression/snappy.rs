@@ -18,6 +18,22 @@ const DEFAULT_BLOCK_SIZE: usize = 32 * 1024;
 
 const LENGTH_FIELD_LENGTH: usize = std::mem::size_of::<u32>();
 
+/// Switchyard patch: the uncompressed length a snappy block declares (a varint of up
+/// to 2^32 − 1) was allocated, zeroed, before the block was decompressed, so a
+/// 129-byte batch could ask for 4 GiB. No snappy element expands more than 64 bytes
+/// of output from 3 bytes of input (a copy with a 2-byte offset), so a block that
+/// declares more than 32 times its size plus a little cannot be valid.
+fn checked_decompress_len(block: &[u8]) -> Result<usize> {
+    let len = decompress_len(block).context("failed to read snappy header")?;
+    if len > block.len().saturating_mul(32).saturating_add(64) {
+        anyhow::bail!(
+            "snappy block of {} bytes declares {len} uncompressed bytes",
+            block.len()
+        );
+    }
+    Ok(len)
+}
+
 impl<B: ByteBufMut> Compressor<B> for Snappy {
     type BufMut = BytesMut;
     fn compress<R, F>(compressed: &mut B, f: F) -> Result<R>
@@ -80,7 +96,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             .is_none_or(|magic| *magic != MAGIC_HEADER[..])
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
-            let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            let actual_len = checked_decompress_len(&compressed)?;
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -102,7 +118,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
                 .try_get_bytes(compressed_block_size)
                 .context("not enough bytes for block")?;
 
-            let uncompressed_block_length = decompress_len(&compressed_block)
+            let uncompressed_block_length = checked_decompress_len(&compressed_block)
                 .context("failed to get snappy uncompressed length")?;
             let uncompressed_block_start = uncompressed.len();
             uncompressed.resize(
