@@ -4,9 +4,15 @@
 //! leader epoch -1 (PROTOCOL.md §1: an epoch learned from one cluster must never be
 //! compared with another cluster's).
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, BrokerId, DescribeClusterResponse, MetadataResponse};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, DescribeClusterResponse, MetadataResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
 use super::VirtualMap;
 use crate::codec::{self, DecodeError};
@@ -73,6 +79,128 @@ pub fn rewrite_describe_cluster_frame(
         header.correlation_id,
         &resp,
     )
+}
+
+/// How one client sees topics across clusters, for [`merge`].
+pub trait TopicView {
+    /// The cluster whose entry for logical `topic` this client gets.
+    fn cluster_of(&self, topic: &str) -> String;
+    /// The name of logical `topic` on `cluster`.
+    fn physical(&self, topic: &str, cluster: &str) -> String;
+    /// The logical name an exact rename gives physical `topic` on `cluster`.
+    fn logical(&self, topic: &str, cluster: &str) -> Option<String>;
+}
+
+/// One cluster's answer to the proxy's Metadata request, its brokers already
+/// virtual ([`rewrite_metadata`]); `None` when the cluster did not answer.
+pub struct ClusterAnswer {
+    pub cluster: String,
+    pub response: Option<MetadataResponse>,
+}
+
+/// Merges every cluster's Metadata into the one answer a client gets. `asked` is
+/// the request's logical topic names (`None`: all topics).
+///
+/// Each logical topic appears at most once, and only as its routed cluster
+/// ([`TopicView::cluster_of`]) knows it under its physical name there. What else a
+/// cluster answered is not looked at: a broker may list more topics than were asked
+/// for (some Kafka-compatible brokers answer every topic to an empty list), list
+/// one twice, or leave an asked topic out. An asked topic comes back in the order
+/// asked; one its cluster does not know is UNKNOWN_TOPIC_OR_PARTITION, one whose
+/// cluster did not answer LEADER_NOT_AVAILABLE (both retriable). For all topics, a
+/// name any cluster answered is a candidate (an exact rename's physical name
+/// counts as its logical name), and it is listed when its routed cluster has it:
+/// a topic only on a cluster this client is not routed to for it is not listed,
+/// and no physical name of a renamed topic ever is.
+///
+/// The brokers are every cluster's; the controller is `default_cluster`'s.
+pub fn merge(
+    answers: Vec<ClusterAnswer>,
+    asked: Option<&[TopicName]>,
+    default_cluster: &str,
+    view: &dyn TopicView,
+) -> MetadataResponse {
+    let mut merged = MetadataResponse::default();
+    let mut have_controller = false;
+    let mut seen_brokers = HashSet::new();
+    // cluster → physical name → its first entry
+    let mut by_cluster: HashMap<String, Option<HashMap<TopicName, MetadataResponseTopic>>> =
+        HashMap::new();
+    for answer in answers {
+        let Some(resp) = answer.response else {
+            by_cluster.insert(answer.cluster, None);
+            continue;
+        };
+        for b in resp.brokers {
+            // A broker listed twice by its cluster is still one broker.
+            if seen_brokers.insert(b.node_id.0) {
+                merged.brokers.push(b);
+            }
+        }
+        merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+        if answer.cluster == default_cluster {
+            merged.controller_id = resp.controller_id;
+            merged.cluster_authorized_operations = resp.cluster_authorized_operations;
+            have_controller = true;
+        } else if !have_controller {
+            merged.controller_id = resp.controller_id;
+        }
+        let mut topics = HashMap::new();
+        for t in resp.topics {
+            if let Some(name) = t.name.clone() {
+                topics.entry(name).or_insert(t);
+            }
+        }
+        by_cluster.insert(answer.cluster, Some(topics));
+    }
+
+    let candidates: Vec<TopicName> = match asked {
+        Some(list) => {
+            let mut once = HashSet::new();
+            list.iter()
+                .filter(|t| once.insert((*t).clone()))
+                .cloned()
+                .collect()
+        }
+        None => {
+            let mut all = BTreeSet::new();
+            for (cluster, topics) in &by_cluster {
+                for physical in topics.iter().flat_map(|t| t.keys()) {
+                    let logical = view
+                        .logical(physical, cluster)
+                        .map(|l| TopicName(StrBytes::from_string(l)))
+                        .unwrap_or_else(|| physical.clone());
+                    all.insert(logical);
+                }
+            }
+            all.into_iter().collect()
+        }
+    };
+    for logical in candidates {
+        let cluster = view.cluster_of(&logical);
+        let physical = TopicName(StrBytes::from_string(view.physical(&logical, &cluster)));
+        let missing = match by_cluster.get(&cluster) {
+            Some(Some(topics)) => match topics.get(&physical) {
+                Some(t) => {
+                    let mut t = t.clone();
+                    t.name = Some(logical);
+                    merged.topics.push(t);
+                    continue;
+                }
+                None => ResponseError::UnknownTopicOrPartition,
+            },
+            Some(None) => ResponseError::LeaderNotAvailable,
+            None => ResponseError::UnknownTopicOrPartition,
+        };
+        if asked.is_some() {
+            merged.topics.push(
+                MetadataResponseTopic::default()
+                    .with_name(Some(logical))
+                    .with_error_code(missing.code()),
+            );
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -169,5 +297,233 @@ mod tests {
         assert_eq!(d.brokers[0].broker_id.0, 1003);
         assert_eq!(d.brokers[0].host.as_str(), "proxy.local");
         assert_eq!(d.brokers[0].port, 10103);
+    }
+
+    // ------------------------------------------------------------------ merge
+
+    /// Routes by table: topic → cluster; exact renames (logical, cluster) → physical.
+    struct Table {
+        routes: HashMap<String, String>,
+        renames: HashMap<(String, String), String>,
+    }
+
+    impl TopicView for Table {
+        fn cluster_of(&self, topic: &str) -> String {
+            self.routes.get(topic).cloned().unwrap_or("s".to_string())
+        }
+        fn physical(&self, topic: &str, cluster: &str) -> String {
+            let key = (topic.to_string(), cluster.to_string());
+            self.renames.get(&key).cloned().unwrap_or(topic.to_string())
+        }
+        fn logical(&self, topic: &str, cluster: &str) -> Option<String> {
+            self.renames
+                .iter()
+                .find(|((_, c), p)| c == cluster && p.as_str() == topic)
+                .map(|((l, _), _)| l.clone())
+        }
+    }
+
+    fn name(s: &str) -> TopicName {
+        TopicName(StrBytes::from_string(s.to_string()))
+    }
+
+    /// A cluster's answer listing `topics`, one partition each led by `leader`.
+    fn answer(cluster: &str, leader: i32, topics: &[&str]) -> ClusterAnswer {
+        let topics = topics
+            .iter()
+            .map(|t| {
+                MetadataResponseTopic::default()
+                    .with_name(Some(name(t)))
+                    .with_partitions(vec![
+                        MetadataResponsePartition::default().with_leader_id(BrokerId(leader))
+                    ])
+            })
+            .collect();
+        ClusterAnswer {
+            cluster: cluster.to_string(),
+            response: Some(
+                MetadataResponse::default()
+                    .with_brokers(vec![
+                        MetadataResponseBroker::default().with_node_id(BrokerId(leader))
+                    ])
+                    .with_controller_id(BrokerId(leader))
+                    .with_topics(topics),
+            ),
+        }
+    }
+
+    fn listed(m: &MetadataResponse) -> Vec<(String, i32, i16)> {
+        m.topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_ref().unwrap().to_string(),
+                    t.partitions.first().map(|p| p.leader_id.0).unwrap_or(-1),
+                    t.error_code,
+                )
+            })
+            .collect()
+    }
+
+    fn table(routes: &[(&str, &str)], renames: &[(&str, &str, &str)]) -> Table {
+        Table {
+            routes: routes
+                .iter()
+                .map(|(t, c)| (t.to_string(), c.to_string()))
+                .collect(),
+            renames: renames
+                .iter()
+                .map(|(l, c, p)| ((l.to_string(), c.to_string()), p.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_topic_on_both_clusters_is_listed_once_from_its_route() {
+        // Both brokers answer every topic they have, asked or not (as some
+        // Kafka-compatible brokers answer an empty list), and the target twice.
+        let view = table(&[("moved", "t")], &[]);
+        let answers = || {
+            vec![
+                answer("s", 1, &["both", "moved", "only-s"]),
+                answer("t", 1001, &["both", "moved", "moved", "only-t"]),
+            ]
+        };
+        let asked = [name("both"), name("moved"), name("both"), name("nowhere")];
+        let m = merge(answers(), Some(&asked), "s", &view);
+        assert_eq!(
+            listed(&m),
+            vec![
+                ("both".into(), 1, 0),
+                ("moved".into(), 1001, 0),
+                ("nowhere".into(), -1, 3),
+            ]
+        );
+        assert_eq!(m.controller_id.0, 1);
+        assert_eq!(m.brokers.len(), 2);
+
+        let m = merge(answers(), Some(&[]), "s", &view);
+        assert!(m.topics.is_empty(), "{:?}", listed(&m));
+
+        let m = merge(answers(), None, "s", &view);
+        assert_eq!(
+            listed(&m),
+            vec![
+                ("both".into(), 1, 0),
+                ("moved".into(), 1001, 0),
+                ("only-s".into(), 1, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn physical_names_of_renamed_topics_are_never_listed() {
+        // "orders" is "source.orders" on the target; the target also has a topic
+        // literally named "orders", which is not the one clients mean.
+        let view = table(&[("orders", "t")], &[("orders", "t", "source.orders")]);
+        let answers = vec![
+            answer("s", 1, &["orders"]),
+            answer("t", 1001, &["source.orders", "orders"]),
+        ];
+        let m = merge(answers, None, "s", &view);
+        assert_eq!(listed(&m), vec![("orders".into(), 1001, 0)]);
+    }
+
+    #[test]
+    fn a_cluster_that_did_not_answer_leaves_its_topics_retriable() {
+        let view = table(&[("moved", "t")], &[]);
+        let answers = vec![
+            answer("s", 1, &["a"]),
+            ClusterAnswer {
+                cluster: "t".into(),
+                response: None,
+            },
+        ];
+        let m = merge(answers, Some(&[name("a"), name("moved")]), "s", &view);
+        assert_eq!(
+            listed(&m),
+            vec![("a".into(), 1, 0), ("moved".into(), -1, 5)]
+        );
+    }
+
+    proptest::proptest! {
+        /// For random routes, renames and topic sets on each cluster (each broker
+        /// answering every topic it has, some twice), an all-topics and a named
+        /// Metadata list each logical topic at most once, exactly when its routed
+        /// cluster has it, led by that cluster's brokers only.
+        #[test]
+        fn every_logical_topic_once_from_its_routed_cluster(
+            routed_to_t in proptest::collection::vec(proptest::bool::ANY, 12),
+            renamed_on_t in proptest::collection::vec(proptest::bool::ANY, 12),
+            on_s in proptest::collection::vec(proptest::bool::ANY, 12),
+            on_t in proptest::collection::vec(proptest::bool::ANY, 12),
+            twice in proptest::collection::vec(proptest::bool::ANY, 12),
+            asked in proptest::collection::vec(0usize..14, 0..8),
+        ) {
+            let logical: Vec<String> = (0..12).map(|i| format!("topic-{i}")).collect();
+            let mut view = table(&[], &[]);
+            let (mut s_topics, mut t_topics) = (Vec::new(), Vec::new());
+            for i in 0..12 {
+                if routed_to_t[i] {
+                    view.routes.insert(logical[i].clone(), "t".into());
+                }
+                let on_target = if renamed_on_t[i] {
+                    let physical = format!("mirror.{}", logical[i]);
+                    view.renames.insert((logical[i].clone(), "t".into()), physical.clone());
+                    // The target may also hold a topic under the logical name.
+                    if twice[i] {
+                        t_topics.push(logical[i].clone());
+                    }
+                    physical
+                } else {
+                    logical[i].clone()
+                };
+                if on_s[i] {
+                    s_topics.push(logical[i].clone());
+                }
+                if on_t[i] {
+                    t_topics.push(on_target.clone());
+                    if twice[i] {
+                        t_topics.push(on_target);
+                    }
+                }
+            }
+            let answers = || {
+                let s: Vec<&str> = s_topics.iter().map(|s| s.as_str()).collect();
+                let t: Vec<&str> = t_topics.iter().map(|s| s.as_str()).collect();
+                vec![answer("s", 1, &s), answer("t", 1001, &t)]
+            };
+            let has = |i: usize| if routed_to_t[i] { on_t[i] } else { on_s[i] };
+            let leader = |i: usize| if routed_to_t[i] { 1001 } else { 1 };
+
+            let m = merge(answers(), None, "s", &view);
+            let got = listed(&m);
+            let mut expect: Vec<(String, i32, i16)> = (0..12)
+                .filter(|&i| has(i))
+                .map(|i| (logical[i].clone(), leader(i), 0))
+                .collect();
+            expect.sort();
+            proptest::prop_assert_eq!(got, expect);
+
+            let names: Vec<TopicName> = asked
+                .iter()
+                .map(|&i| name(&format!("topic-{i}")))
+                .collect();
+            let m = merge(answers(), Some(&names), "s", &view);
+            let mut once = HashSet::new();
+            let expect: Vec<(String, i32, i16)> = asked
+                .iter()
+                .filter(|&&i| once.insert(i))
+                .map(|&i| {
+                    let n = format!("topic-{i}");
+                    if i < 12 && has(i) {
+                        (n, leader(i), 0)
+                    } else {
+                        (n, -1, 3)
+                    }
+                })
+                .collect();
+            proptest::prop_assert_eq!(listed(&m), expect);
+        }
     }
 }

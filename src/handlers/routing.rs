@@ -28,7 +28,6 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -59,7 +58,6 @@ use crate::upstream::{ClusterView, UpstreamError};
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const NOT_COORDINATOR: i16 = 16;
-const LEADER_NOT_AVAILABLE: i16 = 5;
 const UNKNOWN_PRODUCER_ID: i16 = ResponseError::UnknownProducerId.code();
 
 /// What a connection has shown itself to be; decides which route Metadata follows
@@ -297,6 +295,12 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
             Some(a) => a,
             None => return Ok(None),
         },
+        ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::CreatePartitions
+        | ApiKey::DescribeConfigs
+        | ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs => return super::topic_admin::route(ctx, frame).await,
         _ => return Ok(None),
     }))
 }
@@ -347,19 +351,18 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
         .connect_timeout
         .max(std::time::Duration::from_secs(10));
 
-    // Which topics to ask each cluster for (physical names), and which logical
-    // name each answer stands for.
+    // Version 0 has no null list: an empty one asks for all topics.
+    let all_topics = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    // Which topics to ask each cluster for (physical names).
     let clusters: Vec<Arc<ClusterView>> = ctx.proxy.clusters().cloned().collect();
     let mut asks: BTreeMap<String, Option<Vec<(TopicName, TopicName)>>> = clusters
         .iter()
-        .map(|c| {
-            (
-                c.name().to_string(),
-                req.topics.as_ref().map(|_| Vec::new()),
-            )
-        })
+        .map(|c| (c.name().to_string(), (!all_topics).then(Vec::new)))
         .collect();
-    if let Some(topics) = &req.topics {
+    if let (false, Some(topics)) = (all_topics, &req.topics) {
         for t in topics {
             let Some(name) = &t.name else { continue };
             let c = ctx.view_cluster(role, &groups, reads, name);
@@ -370,9 +373,7 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
         }
     }
 
-    let default_cluster = ctx.routes.default_cluster.clone();
-    let mut merged = MetadataResponse::default();
-    let mut have_controller = false;
+    let mut answers = Vec::with_capacity(clusters.len());
     for c in &clusters {
         let ask = &asks[c.name()];
         let sub = req.clone().with_topics(ask.as_ref().map(|list| {
@@ -380,56 +381,73 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
                 .map(|(p, _)| MetadataRequestTopic::default().with_name(Some(p.clone())))
                 .collect()
         }));
-        let map = ctx.proxy.virtual_map(c);
         let resp: Result<MetadataResponse, _> =
             c.call(ApiKey::Metadata, version, &sub, timeout).await;
-        let mut resp = match resp {
-            Ok(r) => r,
+        let response = match resp {
+            Ok(mut r) => {
+                metadata::rewrite_metadata(&mut r, &ctx.proxy.virtual_map(c));
+                Some(r)
+            }
             Err(e) => {
                 // An unreachable cluster contributes no brokers; the topics routed
                 // to it are reported as having no leader (retriable).
                 tracing::debug!(cluster = c.name(), error = %e, "metadata from cluster failed");
-                if let Some(list) = ask {
-                    for (_, logical) in list {
-                        merged.topics.push(
-                            MetadataResponseTopic::default()
-                                .with_name(Some(logical.clone()))
-                                .with_error_code(LEADER_NOT_AVAILABLE),
-                        );
-                    }
-                }
-                continue;
+                None
             }
         };
-        metadata::rewrite_metadata(&mut resp, &map);
-        merged.brokers.append(&mut resp.brokers);
-        merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-        if c.name() == default_cluster {
-            merged.controller_id = resp.controller_id;
-            merged.cluster_authorized_operations = resp.cluster_authorized_operations;
-            have_controller = true;
-        } else if !have_controller {
-            merged.controller_id = resp.controller_id;
-        }
-        let back: HashMap<TopicName, TopicName> = match ask {
-            Some(list) => list.iter().cloned().collect(),
-            None => reverse_renames(&ctx.routes, c.name()),
-        };
-        for mut t in resp.topics {
-            let physical = t.name.clone().unwrap_or_default();
-            let logical = back.get(&physical).cloned().unwrap_or(physical);
-            if ask.is_none() {
-                // All topics: keep each from the cluster this client is routed to.
-                if ctx.view_cluster(role, &groups, reads, &logical) != c.name() {
-                    continue;
-                }
-            }
-            t.name = Some(logical);
-            merged.topics.push(t);
-        }
+        answers.push(metadata::ClusterAnswer {
+            cluster: c.name().to_string(),
+            response,
+        });
     }
+    let asked: Option<Vec<TopicName>> = (!all_topics).then(|| {
+        req.topics
+            .iter()
+            .flatten()
+            .filter_map(|t| t.name.clone())
+            .collect()
+    });
+    let view = ClientView {
+        ctx,
+        role,
+        groups: &groups,
+        reads,
+    };
+    let mut merged = metadata::merge(
+        answers,
+        asked.as_deref(),
+        &ctx.routes.default_cluster,
+        &view,
+    );
     merged.cluster_id = Some(StrBytes::from_string(ctx.map.cluster_id.clone()));
     respond(frame, &merged)
+}
+
+/// One client's view of topics, for [`metadata::merge`].
+struct ClientView<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    role: Role,
+    groups: &'c [String],
+    reads: bool,
+}
+
+impl metadata::TopicView for ClientView<'_, '_> {
+    fn cluster_of(&self, topic: &str) -> String {
+        self.ctx
+            .view_cluster(self.role, self.groups, self.reads, topic)
+    }
+
+    fn physical(&self, topic: &str, cluster: &str) -> String {
+        self.ctx.routes.physical_topic(topic, cluster)
+    }
+
+    fn logical(&self, topic: &str, cluster: &str) -> Option<String> {
+        self.ctx
+            .routes
+            .renamed_on(cluster)
+            .find(|(physical, _)| *physical == topic)
+            .map(|(_, logical)| logical.to_string())
+    }
 }
 
 /// physical → logical names on `cluster` for exact rows with a rename there.
@@ -522,7 +540,27 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
                         // forgotten: refused before anything goes upstream.
                         Err(PlanError::UnknownProducer) => break Err(UNKNOWN_PRODUCER_ID),
                         Err(PlanError::NeedProducerId { cluster }) => {
-                            let (pid, epoch) = foreign_producer_id(ctx.cluster, ctx.proxy).await?;
+                            let timeout = ctx.proxy.producers.transaction_timeout(h.producer_id);
+                            let (pid, epoch) = match foreign_producer_id(
+                                ctx.cluster,
+                                ctx.proxy,
+                                timeout,
+                            )
+                            .await
+                            {
+                                Ok(id) => id,
+                                Err(reason) => {
+                                    // Nothing was written: the client retries
+                                    // the batch as it is, in order.
+                                    tracing::warn!(
+                                        cluster = %here,
+                                        virtual_id = h.producer_id,
+                                        %reason,
+                                        "no producer id from the cluster yet; batch answered as retriable"
+                                    );
+                                    break Err(NOT_LEADER_OR_FOLLOWER);
+                                }
+                            };
                             tracing::info!(
                                 virtual_id = h.producer_id,
                                 cluster = %here,
@@ -622,11 +660,15 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
     ))
 }
 
-/// Asks `cluster` for a producer id of its own (idempotent, not transactional).
+/// Asks `cluster` for a producer id of its own (idempotent, not transactional),
+/// with the transaction timeout the client asked for. An error code in the answer
+/// (a fresh broker says COORDINATOR_LOAD_IN_PROGRESS) or no answer at all is
+/// returned as the reason; the caller answers the batch with a retriable error.
 async fn foreign_producer_id(
     cluster: &ClusterView,
     proxy: &Proxy,
-) -> Result<(i64, i16), RouteError> {
+    transaction_timeout_ms: i32,
+) -> Result<(i64, i16), String> {
     let timeout = proxy
         .config()
         .proxy
@@ -635,19 +677,20 @@ async fn foreign_producer_id(
     let version = cluster.version_for(ApiKey::InitProducerId, 2).unwrap_or(0);
     let req = InitProducerIdRequest::default()
         .with_transactional_id(None)
-        .with_transaction_timeout_ms(i32::MAX)
+        .with_transaction_timeout_ms(transaction_timeout_ms)
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     let resp: InitProducerIdResponse = cluster
         .call(ApiKey::InitProducerId, version, &req, timeout)
-        .await?;
-    if resp.error_code != 0 {
-        return Err(RouteError::Upstream(UpstreamError::Protocol {
-            addr: cluster.name().to_string(),
-            reason: format!("InitProducerId error {}", resp.error_code),
-        }));
+        .await
+        .map_err(|e| e.to_string())?;
+    match ResponseError::try_from_code(resp.error_code) {
+        None => Ok((resp.producer_id.0, resp.producer_epoch)),
+        Some(e) => Err(format!(
+            "InitProducerId answered {e:?} ({})",
+            resp.error_code
+        )),
     }
-    Ok((resp.producer_id.0, resp.producer_epoch))
 }
 
 fn produce_errors(plan: &Plan, mut resp: ProduceResponse) -> ProduceResponse {
@@ -744,6 +787,7 @@ fn init_producer_id(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, R
             cluster: here,
             name: ctx.here().to_string(),
             producers: ctx.proxy.producers.clone(),
+            transaction_timeout_ms: req.transaction_timeout_ms,
         },
     ))
 }
@@ -751,9 +795,9 @@ fn init_producer_id(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, R
 pub fn rewrite_init_producer_id(
     frame: Bytes,
     version: i16,
-    cluster: usize,
-    cluster_name: &str,
+    (cluster, cluster_name): (usize, &str),
     issued: &Producers,
+    transaction_timeout_ms: i32,
 ) -> Result<Bytes, DecodeError> {
     let (header, mut resp) =
         codec::decode_response::<InitProducerIdResponse>(ApiKey::InitProducerId, version, frame)?;
@@ -761,6 +805,7 @@ pub fn rewrite_init_producer_id(
     if ResponseError::try_from_code(resp.error_code).is_none() {
         // The only place producer state is created (switch::producers docs).
         issued.issue(virtual_id);
+        issued.set_transaction_timeout(virtual_id, transaction_timeout_ms);
         tracing::info!(
             cluster = %cluster_name,
             upstream_id = resp.producer_id.0,
