@@ -1022,6 +1022,7 @@ fn rewrites_for(api: ApiKey, version: i16, rng_bit: bool) -> Vec<(ResponseRewrit
             cluster: 3,
             name: "target".into(),
             producers: std::sync::Arc::new(Default::default()),
+            transaction_timeout_ms: 60_000,
         })],
         _ => Vec::new(),
     }

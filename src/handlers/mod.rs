@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod offsets;
 pub mod routing;
 pub mod sasl;
+pub mod topic_admin;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -155,6 +156,9 @@ pub enum ResponseRewrite {
         cluster: usize,
         name: String,
         producers: std::sync::Arc<crate::switch::producers::Producers>,
+        /// What the client asked for; kept with the producer (see
+        /// `Producers::transaction_timeout`).
+        transaction_timeout_ms: i32,
     },
     /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
     FetchRouted(Box<routing::Plan>),
@@ -342,7 +346,14 @@ fn rewrite_with(
             cluster,
             name,
             producers,
-        } => routing::rewrite_init_producer_id(frame, version, *cluster, name, producers),
+            transaction_timeout_ms,
+        } => routing::rewrite_init_producer_id(
+            frame,
+            version,
+            (*cluster, name),
+            producers,
+            *transaction_timeout_ms,
+        ),
         ResponseRewrite::FetchRouted(plan) => {
             routing::rewrite_fetch_response(frame, version, plan, map)
         }

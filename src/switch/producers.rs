@@ -223,6 +223,10 @@ pub enum PlanError {
     UnknownProducer,
 }
 
+/// `transaction.timeout.ms` of the Java producer by default, within every broker's
+/// default `transaction.max.timeout.ms` (15 minutes).
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: i32 = 60_000;
+
 /// Bounds of the producer state (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerLimits {
@@ -252,6 +256,9 @@ const PARTITION_OVERHEAD: usize = 128;
 struct Producer {
     /// Per foreign cluster: its id and epoch, and the client epoch they stand for.
     foreign: HashMap<usize, (i64, i16, i16)>,
+    /// The transaction timeout the client asked for with its InitProducerId; the
+    /// proxy asks other clusters for the same.
+    transaction_timeout_ms: i32,
     partitions: HashMap<(String, i32), Partition>,
     /// Position in [`Table::order`].
     tick: u64,
@@ -263,6 +270,7 @@ impl Producer {
     fn new(tick: u64, now: Instant) -> Producer {
         Producer {
             foreign: HashMap::new(),
+            transaction_timeout_ms: DEFAULT_TRANSACTION_TIMEOUT_MS,
             partitions: HashMap::new(),
             tick,
             used: now,
@@ -432,6 +440,26 @@ impl Producers {
             t.bytes += PRODUCER_OVERHEAD;
         }
         t.shrink(&self.limits, now, vpid);
+    }
+
+    /// Records the transaction timeout `vpid`'s client asked for.
+    pub fn set_transaction_timeout(&self, vpid: i64, ms: i32) {
+        let mut inner = self.inner.lock().expect("producers lock");
+        if let Some(p) = inner.map.get_mut(&vpid) {
+            p.transaction_timeout_ms = ms;
+        }
+    }
+
+    /// The transaction timeout to ask another cluster for on `vpid`'s behalf: what
+    /// its client asked for, or the Java client's default for an id adopted after
+    /// a restart.
+    pub fn transaction_timeout(&self, vpid: i64) -> i32 {
+        let inner = self.inner.lock().expect("producers lock");
+        inner
+            .map
+            .get(&vpid)
+            .map(|p| p.transaction_timeout_ms)
+            .unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS)
     }
 
     /// Records the id `cluster` issued for `vpid` while the client used
