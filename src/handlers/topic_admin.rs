@@ -1,0 +1,594 @@
+//! Admin requests that name topics or brokers, across clusters: CreateTopics,
+//! DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs and
+//! IncrementalAlterConfigs.
+//!
+//! A client sends these to the one controller the merged Metadata names (the
+//! default cluster's) or to any broker; what each entry means decides where it
+//! goes:
+//!
+//! - a **topic** goes to the cluster its `produce` route names, under its physical
+//!   name there (a topic is created, deleted, grown and configured where it is
+//!   written; DescribeConfigs follows the same rule, so what an admin sets is what
+//!   it reads back);
+//! - a **broker** resource (`"1002"`) goes to the cluster and broker the virtual id
+//!   stands for; an empty broker name (cluster-wide defaults) and a topic named by
+//!   id only (DeleteTopics v6+) stay with the cluster of the connection.
+//!
+//! When every entry belongs where the connection already forwards, the request goes
+//! up unchanged ([`route`] returns `None`). Otherwise the proxy splits it per
+//! cluster, sends each part itself (topic changes to that cluster's controller),
+//! and answers with the merged results, each under the name the client used. A
+//! cluster that cannot be reached answers its entries with REQUEST_TIMED_OUT
+//! (retriable); a NOT_CONTROLLER from a controller that moved is retried once after
+//! the cluster's brokers are re-read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
+use kafka_protocol::messages::{
+    alter_configs_response, incremental_alter_configs_response, AlterConfigsRequest,
+    AlterConfigsResponse, ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+
+use super::routing::{Ctx, RouteError};
+use super::Action;
+use crate::codec::{self, RequestFrame};
+use crate::upstream::{ClusterView, UpstreamError};
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+const BROKER_LOGGER: i8 = 8;
+
+/// Where one entry goes: a cluster, and the broker there (`None`: the controller
+/// for topic changes, any broker for configs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Dest {
+    cluster: String,
+    broker: Option<i32>,
+}
+
+/// One request's entries, split by destination, each with the name the client
+/// used (a logical topic or a virtual broker id).
+struct Split<T> {
+    parts: BTreeMap<Dest, Vec<(T, StrBytes)>>,
+    /// Whether anything must change: an entry for another cluster, a renamed topic,
+    /// a broker resource to map.
+    rewrite: bool,
+}
+
+impl<T> Split<T> {
+    fn new() -> Split<T> {
+        Split {
+            parts: BTreeMap::new(),
+            rewrite: false,
+        }
+    }
+
+    fn push(&mut self, dest: Dest, entry: T, client_name: StrBytes) {
+        self.parts
+            .entry(dest)
+            .or_default()
+            .push((entry, client_name));
+    }
+}
+
+fn str_bytes(s: String) -> StrBytes {
+    StrBytes::from_string(s)
+}
+
+impl Ctx<'_> {
+    /// Destination and physical name of a topic entry.
+    fn topic_dest(&self, logical: &str, controller: bool) -> (Dest, String) {
+        let cluster = self.routes.produce_cluster(logical).to_string();
+        let physical = self.routes.physical_topic(logical, &cluster);
+        let broker = controller.then_some(-1);
+        (Dest { cluster, broker }, physical)
+    }
+
+    /// Destination and upstream name of a broker resource (`"1002"` → the cluster
+    /// owning virtual id 1002 and its broker `"2"`).
+    fn broker_dest(&self, name: &str) -> (Dest, String) {
+        let here = Dest {
+            cluster: self.cluster.name().to_string(),
+            broker: None,
+        };
+        let Ok(virtual_id) = name.parse::<i32>() else {
+            return (here, name.to_string());
+        };
+        match self.proxy.resolve_virtual(virtual_id) {
+            Some((cluster, upstream)) => (
+                Dest {
+                    cluster: cluster.name().to_string(),
+                    broker: Some(upstream),
+                },
+                upstream.to_string(),
+            ),
+            None => (here, name.to_string()),
+        }
+    }
+
+    fn config_dest(&self, resource_type: i8, name: &str) -> (Dest, String) {
+        match resource_type {
+            TOPIC => self.topic_dest(name, false),
+            BROKER | BROKER_LOGGER => self.broker_dest(name),
+            _ => (
+                Dest {
+                    cluster: self.cluster.name().to_string(),
+                    broker: None,
+                },
+                name.to_string(),
+            ),
+        }
+    }
+
+    fn is_here(&self, dest: &Dest) -> bool {
+        dest.cluster == self.cluster.name()
+    }
+}
+
+/// Routes a topic-admin request when more than one cluster is configured; `None`
+/// when it can go up as it is.
+pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+    match frame.api {
+        ApiKey::CreateTopics => create_topics(ctx, frame).await,
+        ApiKey::DeleteTopics => delete_topics(ctx, frame).await,
+        ApiKey::CreatePartitions => create_partitions(ctx, frame).await,
+        ApiKey::DescribeConfigs => describe_configs(ctx, frame).await,
+        ApiKey::AlterConfigs => alter_configs(ctx, frame).await,
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs(ctx, frame).await,
+        _ => Ok(None),
+    }
+}
+
+/// How long one part may take upstream: what the client gives the broker, plus the
+/// proxy's own request timeout.
+fn part_timeout(ctx: &Ctx<'_>, client_timeout_ms: i32) -> Duration {
+    ctx.proxy.config().proxy.request_timeout
+        + Duration::from_millis(client_timeout_ms.clamp(0, 600_000) as u64)
+}
+
+/// Sends one part to its destination. `not_controller` tells whether an answer says
+/// the controller moved; then the cluster is re-read and the part sent once more.
+async fn send<Req: Encodable, Resp: Decodable>(
+    ctx: &Ctx<'_>,
+    dest: &Dest,
+    api: ApiKey,
+    version: i16,
+    body: &Req,
+    timeout: Duration,
+    not_controller: impl Fn(&Resp) -> bool,
+) -> Result<Resp, UpstreamError> {
+    let Some(cluster): Option<Arc<ClusterView>> = ctx.proxy.cluster(&dest.cluster).cloned() else {
+        return Err(UpstreamError::NoBroker(dest.cluster.clone()));
+    };
+    let broker = |c: &ClusterView| match dest.broker {
+        Some(-1) => Some(c.controller()).filter(|id| *id >= 0),
+        other => other,
+    };
+    let resp: Resp = cluster
+        .call_to(broker(&cluster), api, version, body, timeout)
+        .await?;
+    if dest.broker == Some(-1) && not_controller(&resp) {
+        let _ = cluster
+            .refresh(ctx.proxy.config().proxy.connect_timeout)
+            .await;
+        return cluster
+            .call_to(broker(&cluster), api, version, body, timeout)
+            .await;
+    }
+    Ok(resp)
+}
+
+fn respond<T: Encodable>(frame: &RequestFrame, body: &T) -> Result<Option<Action>, RouteError> {
+    Ok(Some(Action::Respond(codec::encode_response(
+        frame.api,
+        frame.version(),
+        frame.correlation_id(),
+        body,
+    )?)))
+}
+
+fn unreachable_message(dest: &Dest, e: &UpstreamError) -> Option<StrBytes> {
+    Some(str_bytes(format!(
+        "cluster {} did not answer through Switchyard: {}",
+        dest.cluster,
+        e.kind()
+    )))
+}
+
+const NOT_CONTROLLER: i16 = ResponseError::NotController.code();
+const TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
+
+// ------------------------------------------------------------------ topics
+
+async fn create_topics(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: CreateTopicsRequest = frame.decode()?;
+    let mut split = Split::new();
+    for mut t in req.topics.clone() {
+        let logical = t.name.0.clone();
+        let (dest, physical) = ctx.topic_dest(&logical, true);
+        split.rewrite |= !ctx.is_here(&dest) || physical != logical.as_str();
+        t.name = TopicName(str_bytes(physical));
+        split.push(dest, t, logical);
+    }
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = part_timeout(ctx, req.timeout_ms);
+    let mut merged = CreateTopicsResponse::default();
+    for (dest, entries) in split.parts {
+        let (topics, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.clone().with_topics(topics);
+        let answer = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |r: &CreateTopicsResponse| r.topics.iter().any(|t| t.error_code == NOT_CONTROLLER),
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut t in resp.topics {
+                    t.name = TopicName(client_name(&part.topics, &names, &t.name.0, |x| &x.name.0));
+                    merged.topics.push(t);
+                }
+            }
+            Err(e) => {
+                for name in names {
+                    merged.topics.push(
+                        CreatableTopicResult::default()
+                            .with_name(TopicName(name))
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
+
+/// The name the client used for the entry the broker answered as `upstream`.
+fn client_name<T>(
+    sent: &[T],
+    names: &[StrBytes],
+    upstream: &StrBytes,
+    name_of: impl Fn(&T) -> &StrBytes,
+) -> StrBytes {
+    sent.iter()
+        .position(|e| name_of(e) == upstream)
+        .map(|i| names[i].clone())
+        .unwrap_or_else(|| upstream.clone())
+}
+
+async fn delete_topics(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: DeleteTopicsRequest = frame.decode()?;
+    let by_state = frame.version() >= 6;
+    let here = Dest {
+        cluster: ctx.cluster.name().to_string(),
+        broker: Some(-1),
+    };
+    // Entries as (state, client name); before v6 names only.
+    let entries: Vec<DeleteTopicState> = if by_state {
+        req.topics.clone()
+    } else {
+        req.topic_names
+            .iter()
+            .map(|n| DeleteTopicState::default().with_name(Some(n.clone())))
+            .collect()
+    };
+    let mut split = Split::new();
+    for mut t in entries {
+        let Some(logical) = t.name.as_ref().map(|n| n.0.clone()) else {
+            split.push(here.clone(), t, StrBytes::default());
+            continue;
+        };
+        let (dest, physical) = ctx.topic_dest(&logical, true);
+        split.rewrite |= !ctx.is_here(&dest) || physical != logical.as_str();
+        t.name = Some(TopicName(str_bytes(physical)));
+        split.push(dest, t, logical);
+    }
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = part_timeout(ctx, req.timeout_ms);
+    let mut merged = DeleteTopicsResponse::default();
+    for (dest, entries) in split.parts {
+        let (states, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = if by_state {
+            req.clone().with_topics(states.clone())
+        } else {
+            req.clone()
+                .with_topic_names(states.iter().filter_map(|s| s.name.clone()).collect())
+        };
+        let answer = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |r: &DeleteTopicsResponse| r.responses.iter().any(|t| t.error_code == NOT_CONTROLLER),
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut t in resp.responses {
+                    if let Some(n) = &t.name {
+                        let name = client_name(&states, &names, &n.0, |s| {
+                            s.name.as_ref().map(|n| &n.0).unwrap_or(&EMPTY)
+                        });
+                        t.name = Some(TopicName(name));
+                    }
+                    merged.responses.push(t);
+                }
+            }
+            Err(e) => {
+                for (state, name) in states.into_iter().zip(names) {
+                    merged.responses.push(
+                        DeletableTopicResult::default()
+                            .with_name(state.name.map(|_| TopicName(name)))
+                            .with_topic_id(state.topic_id)
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
+
+static EMPTY: StrBytes = StrBytes::from_static_str("");
+
+async fn create_partitions(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: CreatePartitionsRequest = frame.decode()?;
+    let mut split = Split::new();
+    for mut t in req.topics.clone() {
+        let logical = t.name.0.clone();
+        let (dest, physical) = ctx.topic_dest(&logical, true);
+        split.rewrite |= !ctx.is_here(&dest) || physical != logical.as_str();
+        t.name = TopicName(str_bytes(physical));
+        // Manual assignments name virtual brokers; each becomes its cluster's id.
+        for a in t.assignments.iter_mut().flatten() {
+            for id in &mut a.broker_ids {
+                if let Some((_, upstream)) = ctx.proxy.resolve_virtual(id.0) {
+                    *id = BrokerId(upstream);
+                }
+            }
+        }
+        split.push(dest, t, logical);
+    }
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = part_timeout(ctx, req.timeout_ms);
+    let mut merged = CreatePartitionsResponse::default();
+    for (dest, entries) in split.parts {
+        let (topics, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.clone().with_topics(topics);
+        let answer = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |r: &CreatePartitionsResponse| r.results.iter().any(|t| t.error_code == NOT_CONTROLLER),
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut t in resp.results {
+                    t.name = TopicName(client_name(&part.topics, &names, &t.name.0, |x| &x.name.0));
+                    merged.results.push(t);
+                }
+            }
+            Err(e) => {
+                for name in names {
+                    merged.results.push(
+                        CreatePartitionsTopicResult::default()
+                            .with_name(TopicName(name))
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
+
+// ----------------------------------------------------------------- configs
+
+/// Splits config resources (type, name) by destination; `None` when they can go up
+/// as they are.
+macro_rules! split_resources {
+    ($ctx:expr, $resources:expr) => {{
+        let mut split = Split::new();
+        for mut r in $resources {
+            let client = r.resource_name.clone();
+            let (dest, name) = $ctx.config_dest(r.resource_type, &client);
+            split.rewrite |= !$ctx.is_here(&dest) || name != client.as_str();
+            r.resource_name = str_bytes(name);
+            split.push(dest, r, client);
+        }
+        split
+    }};
+}
+
+async fn describe_configs(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: DescribeConfigsRequest = frame.decode()?;
+    let split = split_resources!(ctx, req.resources.clone());
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = ctx.proxy.config().proxy.request_timeout;
+    let mut merged = DescribeConfigsResponse::default();
+    for (dest, entries) in split.parts {
+        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.clone().with_resources(resources);
+        let answer: Result<DescribeConfigsResponse, _> = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |_| false,
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut r in resp.results {
+                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
+                        &x.resource_name
+                    });
+                    merged.results.push(r);
+                }
+            }
+            Err(e) => {
+                for (res, name) in part.resources.iter().zip(names) {
+                    merged.results.push(
+                        DescribeConfigsResult::default()
+                            .with_resource_type(res.resource_type)
+                            .with_resource_name(name)
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
+
+async fn alter_configs(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: AlterConfigsRequest = frame.decode()?;
+    let split = split_resources!(ctx, req.resources.clone());
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = ctx.proxy.config().proxy.request_timeout;
+    let mut merged = AlterConfigsResponse::default();
+    for (dest, entries) in split.parts {
+        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.clone().with_resources(resources);
+        let answer: Result<AlterConfigsResponse, _> = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |_| false,
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut r in resp.responses {
+                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
+                        &x.resource_name
+                    });
+                    merged.responses.push(r);
+                }
+            }
+            Err(e) => {
+                for (res, name) in part.resources.iter().zip(names) {
+                    merged.responses.push(
+                        alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_resource_type(res.resource_type)
+                            .with_resource_name(name)
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
+
+async fn incremental_alter_configs(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: IncrementalAlterConfigsRequest = frame.decode()?;
+    let split = split_resources!(ctx, req.resources.clone());
+    if !split.rewrite {
+        return Ok(None);
+    }
+    let timeout = ctx.proxy.config().proxy.request_timeout;
+    let mut merged = IncrementalAlterConfigsResponse::default();
+    for (dest, entries) in split.parts {
+        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.clone().with_resources(resources);
+        let answer: Result<IncrementalAlterConfigsResponse, _> = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            |_| false,
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+                for mut r in resp.responses {
+                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
+                        &x.resource_name
+                    });
+                    merged.responses.push(r);
+                }
+            }
+            Err(e) => {
+                for (res, name) in part.resources.iter().zip(names) {
+                    merged.responses.push(
+                        incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_resource_type(res.resource_type)
+                            .with_resource_name(name)
+                            .with_error_code(TIMED_OUT)
+                            .with_error_message(unreachable_message(&dest, &e)),
+                    );
+                }
+            }
+        }
+    }
+    respond(frame, &merged)
+}
