@@ -13,15 +13,23 @@ use crate::config::Config;
 use crate::listener::Listeners;
 use crate::proxy::Proxy;
 
-/// Installs the Prometheus recorder once per process.
+/// Installs the Prometheus recorder once per process; later calls (several proxies
+/// run in one test process) get the same handle.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut handle = HANDLE.lock().expect("metrics handle lock");
+    if let Some(h) = &*handle {
+        return Ok(h.clone());
+    }
+    let h = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(crate::metrics::REQUEST_DURATION.to_string()),
             crate::metrics::DURATION_BUCKETS,
         )?
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    *handle = Some(h.clone());
+    Ok(h)
 }
 
 /// Runs the proxy until SIGINT/SIGTERM (or `shutdown` is cancelled), then stops

@@ -30,6 +30,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub enum Reply {
     /// The default answer (see the module doc).
     Default,
+    /// The default answer to this request body instead of the one received: e.g.
+    /// an all-topics Metadata answer to a request that named topics, as some
+    /// Kafka-compatible brokers give.
+    DefaultFor(Bytes),
     /// This response body, after a response header the broker writes.
     Body(Bytes),
     /// These bytes as the whole frame after the length prefix (header included).
@@ -188,6 +192,9 @@ async fn serve(
                 Reply::Default => {
                     Reply::Body(default_answer(api, version, &body, addr, node_id, topics))
                 }
+                Reply::DefaultFor(instead) => Reply::Body(default_answer(
+                    api, version, &instead, addr, node_id, topics,
+                )),
                 r => r,
             };
             let out = match reply {
@@ -203,7 +210,7 @@ async fn serve(
                     out.put_slice(&b);
                     out.freeze()
                 }
-                Reply::Default => unreachable!(),
+                Reply::Default | Reply::DefaultFor(_) => unreachable!(),
             };
             let mut framed = BytesMut::with_capacity(4 + out.len());
             framed.put_i32(out.len() as i32);
@@ -248,6 +255,7 @@ pub fn default_answer(
             let req = MetadataRequest::decode(&mut body.clone(), version).unwrap_or_default();
             let asked: Vec<String> = match req.topics {
                 None => topics.to_vec(),
+                Some(t) if t.is_empty() && version == 0 => topics.to_vec(),
                 Some(t) => t
                     .iter()
                     .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))

@@ -1,0 +1,507 @@
+//! One consistent cluster for every client, tested in the middle: the proxy runs in
+//! this process (`tests/inproc`) in front of two scripted brokers
+//! (`tests/scripted`) that answer as a Kafka-compatible broker may, not only as
+//! Apache Kafka does: Metadata with every topic whatever was asked, a fresh broker
+//! that is not ready to issue producer ids. A raw-protocol client checks what it
+//! gets back, and the scripted brokers what reached each cluster.
+
+mod harness;
+mod inproc;
+mod scripted;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use inproc::{Client, InProcess};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use scripted::{Reply, Script, ScriptedBroker};
+
+/// Requests a scripted broker received: (api key, version, body).
+type Seen = Arc<Mutex<Vec<(i16, i16, Bytes)>>>;
+
+fn encode<T: Encodable>(body: &T, version: i16) -> Bytes {
+    let mut b = BytesMut::new();
+    body.encode(&mut b, version).unwrap();
+    b.freeze()
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// What a broker does beyond its defaults, by api; `None` keeps the default.
+type Extra = dyn Fn(ApiKey, i16, &Bytes) -> Option<Reply> + Send + Sync;
+
+/// A broker that answers every Metadata request with all its topics, whatever was
+/// asked (as some Kafka-compatible brokers answer an empty list), and admin
+/// requests with success for every entry; it records what it received.
+fn loose_broker(topics: &[&str], seen: Seen, extra: Arc<Extra>) -> ScriptedBroker {
+    let script: Arc<Script> = Arc::new(move |h: &RequestHeader, body: &Bytes| {
+        let api = ApiKey::try_from(h.request_api_key).unwrap();
+        let v = h.request_api_version;
+        seen.lock()
+            .unwrap()
+            .push((h.request_api_key, v, body.clone()));
+        if let Some(reply) = extra(api, v, body) {
+            return reply;
+        }
+        match api {
+            // Version 0 has no null list; its empty list is all topics.
+            ApiKey::Metadata => Reply::DefaultFor(encode(
+                &MetadataRequest::default().with_topics((v == 0).then(Vec::new)),
+                v,
+            )),
+            ApiKey::CreateTopics => {
+                let req = CreateTopicsRequest::decode(&mut body.clone(), v).unwrap();
+                let resp = CreateTopicsResponse::default().with_topics(
+                    req.topics
+                        .iter()
+                        .map(|t| CreatableTopicResult::default().with_name(t.name.clone()))
+                        .collect(),
+                );
+                Reply::Body(encode(&resp, v))
+            }
+            ApiKey::DeleteTopics => {
+                let req = DeleteTopicsRequest::decode(&mut body.clone(), v).unwrap();
+                let resp = DeleteTopicsResponse::default().with_responses(
+                    req.topic_names
+                        .iter()
+                        .map(|t| DeletableTopicResult::default().with_name(Some(t.clone())))
+                        .collect(),
+                );
+                Reply::Body(encode(&resp, v))
+            }
+            ApiKey::DescribeConfigs => {
+                let req = DescribeConfigsRequest::decode(&mut body.clone(), v).unwrap();
+                let resp = DescribeConfigsResponse::default().with_results(
+                    req.resources
+                        .iter()
+                        .map(|r| {
+                            DescribeConfigsResult::default()
+                                .with_resource_type(r.resource_type)
+                                .with_resource_name(r.resource_name.clone())
+                        })
+                        .collect(),
+                );
+                Reply::Body(encode(&resp, v))
+            }
+            ApiKey::InitProducerId => Reply::Body(encode(
+                &InitProducerIdResponse::default().with_producer_id(ProducerId(5)),
+                v,
+            )),
+            ApiKey::Produce => {
+                let req = ProduceRequest::decode(&mut body.clone(), v).unwrap();
+                let resp = ProduceResponse::default().with_responses(
+                    req.topic_data
+                        .iter()
+                        .map(|t| {
+                            TopicProduceResponse::default()
+                                .with_name(t.name.clone())
+                                .with_partition_responses(
+                                    t.partition_data
+                                        .iter()
+                                        .map(|p| {
+                                            PartitionProduceResponse::default().with_index(p.index)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                Reply::Body(encode(&resp, v))
+            }
+            _ => Reply::Default,
+        }
+    });
+    ScriptedBroker::start(0, topics, script)
+}
+
+fn no_extra() -> Arc<Extra> {
+    Arc::new(|_, _, _| None)
+}
+
+const ROUTES: &str = "[routes]\ndefault_cluster = \"source\"\n\n\
+    [routes.topics.\"moved\"]\nproduce = \"target\"\nconsume = \"target\"\n\n\
+    [routes.topics.\"renamed\"]\nproduce = \"target\"\nconsume = \"target\"\n\
+    rename = { target = \"mirror.renamed\" }\n\n\
+    [routes.topics.\"^new-t-.*$\"]\nproduce = \"target\"\nconsume = \"target\"\n";
+
+/// The source has `both`, `only-s` and `renamed`; the target `both`, `moved`,
+/// `only-t`, `mirror.renamed` (the target's name of `renamed`) and a topic
+/// literally named `renamed` that is not the one clients mean.
+struct Setup {
+    source_seen: Seen,
+    target_seen: Seen,
+    proxy: InProcess,
+    _source: ScriptedBroker,
+    _target: ScriptedBroker,
+}
+
+fn setup(name: &str, target_extra: Arc<Extra>) -> Setup {
+    let (source_seen, target_seen) = (Seen::default(), Seen::default());
+    let source = loose_broker(
+        &["both", "only-s", "renamed"],
+        source_seen.clone(),
+        no_extra(),
+    );
+    let target = loose_broker(
+        &["both", "moved", "only-t", "mirror.renamed", "renamed"],
+        target_seen.clone(),
+        target_extra,
+    );
+    let toml = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n\
+         [clusters.target]\nbootstrap = [\"{}\"]\nnode_id_offset = 1000\n\n{ROUTES}",
+        source.bootstrap(),
+        target.bootstrap()
+    );
+    let proxy = InProcess::start(name, &toml, &[0, 1000]);
+    Setup {
+        source_seen,
+        target_seen,
+        proxy,
+        _source: source,
+        _target: target,
+    }
+}
+
+/// (topic, leader) of every topic in a Metadata answer.
+fn listed(m: &MetadataResponse) -> Vec<(String, i32, i16)> {
+    m.topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                t.partitions.first().map(|p| p.leader_id.0).unwrap_or(-1),
+                t.error_code,
+            )
+        })
+        .collect()
+}
+
+fn metadata(client: &mut Client, version: i16, topics: Option<&[&str]>) -> MetadataResponse {
+    let req = MetadataRequest::default().with_topics(topics.map(|ts| {
+        ts.iter()
+            .map(|t| MetadataRequestTopic::default().with_name(Some(name(t))))
+            .collect()
+    }));
+    client.call(ApiKey::Metadata, version, &req)
+}
+
+#[test]
+fn every_topic_is_listed_once_from_the_cluster_its_route_names() {
+    let s = setup("merged-metadata", no_extra());
+    let mut client = Client::connect(&s.proxy.bootstrap);
+
+    // A topic on both clusters, routed to the source: once, led by the source.
+    let m = metadata(&mut client, 9, Some(&["both"]));
+    assert_eq!(listed(&m), vec![("both".into(), 0, 0)]);
+    // An empty list asks for no topics (version 1 and later), even when the
+    // brokers answer every topic to it.
+    let m = metadata(&mut client, 9, Some(&[]));
+    assert_eq!(listed(&m), vec![]);
+    // Named, renamed and unknown topics, in the order asked.
+    let m = metadata(
+        &mut client,
+        4,
+        Some(&["renamed", "moved", "only-t", "both"]),
+    );
+    assert_eq!(
+        listed(&m),
+        vec![
+            ("renamed".into(), 1000, 0),
+            ("moved".into(), 1000, 0),
+            ("only-t".into(), -1, 3),
+            ("both".into(), 0, 0),
+        ]
+    );
+    // All topics (null list, and version 0's empty list): each logical topic once,
+    // from its routed cluster; no physical name of a renamed topic; a topic only on
+    // a cluster this client is not routed to for it is not listed.
+    let expect: Vec<(String, i32, i16)> = vec![
+        ("both".into(), 0, 0),
+        ("moved".into(), 1000, 0),
+        ("only-s".into(), 0, 0),
+        ("renamed".into(), 1000, 0),
+    ];
+    let mut all = listed(&metadata(&mut client, 9, None));
+    all.sort();
+    assert_eq!(all, expect);
+    let mut all = listed(&metadata(&mut client, 0, Some(&[])));
+    all.sort();
+    assert_eq!(all, expect);
+    // Brokers: each cluster's once, virtual ids only.
+    let m = metadata(&mut client, 9, None);
+    let ids: BTreeSet<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+    assert_eq!(ids, [0, 1000].into_iter().collect());
+    assert_eq!(m.brokers.len(), 2);
+}
+
+/// The CreateTopics topic names (or DescribeConfigs resource names) a broker got.
+fn received(seen: &Seen, api: ApiKey) -> Vec<Vec<String>> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _, _)| *k == api as i16)
+        .map(|(_, v, body)| match api {
+            ApiKey::CreateTopics => CreateTopicsRequest::decode(&mut body.clone(), *v)
+                .unwrap()
+                .topics
+                .iter()
+                .map(|t| t.name.to_string())
+                .collect(),
+            ApiKey::DeleteTopics => DeleteTopicsRequest::decode(&mut body.clone(), *v)
+                .unwrap()
+                .topic_names
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            ApiKey::DescribeConfigs => DescribeConfigsRequest::decode(&mut body.clone(), *v)
+                .unwrap()
+                .resources
+                .iter()
+                .map(|r| r.resource_name.to_string())
+                .collect(),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn admin_writes_reach_the_cluster_the_topic_route_names() {
+    let s = setup("merged-admin", no_extra());
+    // Sent where a client sends them: the controller the merged Metadata names.
+    let controller = {
+        let mut c = Client::connect(&s.proxy.bootstrap);
+        metadata(&mut c, 9, Some(&[])).controller_id.0
+    };
+    assert_eq!(controller, 0, "the default cluster's controller");
+    let mut client = Client::connect(&s.proxy.broker(controller));
+
+    let create = |names: &[&str]| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| {
+                        CreatableTopic::default()
+                            .with_name(name(n))
+                            .with_num_partitions(3)
+                            .with_replication_factor(1)
+                    })
+                    .collect(),
+            )
+    };
+    let resp: CreateTopicsResponse = client.call(
+        ApiKey::CreateTopics,
+        5,
+        &create(&["new-t-1", "new-s-1", "renamed"]),
+    );
+    let mut answered: Vec<(String, i16)> = resp
+        .topics
+        .iter()
+        .map(|t| (t.name.to_string(), t.error_code))
+        .collect();
+    answered.sort();
+    assert_eq!(
+        answered,
+        vec![
+            ("new-s-1".into(), 0),
+            ("new-t-1".into(), 0),
+            ("renamed".into(), 0)
+        ]
+    );
+    assert_eq!(
+        received(&s.target_seen, ApiKey::CreateTopics),
+        vec![vec!["new-t-1".to_string(), "mirror.renamed".to_string()]]
+    );
+    assert_eq!(
+        received(&s.source_seen, ApiKey::CreateTopics),
+        vec![vec!["new-s-1".to_string()]]
+    );
+
+    // Entirely the source's: up unchanged, on the client's own connection.
+    let resp: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &create(&["new-s-2"]));
+    assert_eq!(resp.topics.len(), 1);
+    assert_eq!(received(&s.source_seen, ApiKey::CreateTopics).len(), 2);
+    assert_eq!(received(&s.target_seen, ApiKey::CreateTopics).len(), 1);
+
+    // Deletes and config reads follow the same rule.
+    let del = DeleteTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topic_names(vec![name("moved"), name("both")]);
+    let resp: DeleteTopicsResponse = client.call(ApiKey::DeleteTopics, 4, &del);
+    let mut names: Vec<String> = resp
+        .responses
+        .iter()
+        .map(|r| r.name.as_ref().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["both", "moved"]);
+    assert_eq!(
+        received(&s.target_seen, ApiKey::DeleteTopics),
+        vec![vec!["moved".to_string()]]
+    );
+    assert_eq!(
+        received(&s.source_seen, ApiKey::DeleteTopics),
+        vec![vec!["both".to_string()]]
+    );
+
+    let describe = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("renamed")),
+        DescribeConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(StrBytes::from_static_str("1000")),
+    ]);
+    let resp: DescribeConfigsResponse = client.call(ApiKey::DescribeConfigs, 2, &describe);
+    let mut names: Vec<String> = resp
+        .results
+        .iter()
+        .map(|r| r.resource_name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["1000", "renamed"]);
+    // One part for the topic (any broker), one for broker 1000 (its own).
+    let mut parts = received(&s.target_seen, ApiKey::DescribeConfigs);
+    parts.sort();
+    assert_eq!(
+        parts,
+        vec![vec!["0".to_string()], vec!["mirror.renamed".to_string()]]
+    );
+}
+
+/// One idempotent batch of `producer_id`, sequence 0.
+fn batch(producer_id: i64) -> Bytes {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: 0,
+        timestamp: 1,
+        key: None,
+        value: Some(Bytes::from_static(b"v")),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(topic: &str, producer_id: i64) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(producer_id)))])])
+}
+
+#[test]
+fn a_cluster_not_ready_for_producer_ids_gives_a_retriable_error() {
+    // The target answers the proxy's own InitProducerId twice with
+    // COORDINATOR_LOAD_IN_PROGRESS (a freshly started broker), then issues one.
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let r = refusals.clone();
+    let extra: Arc<Extra> = Arc::new(move |api, v, _| {
+        (api == ApiKey::InitProducerId).then(|| {
+            let resp = if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                InitProducerIdResponse::default()
+                    .with_error_code(14)
+                    .with_producer_id(ProducerId(-1))
+            } else {
+                InitProducerIdResponse::default().with_producer_id(ProducerId(77))
+            };
+            Reply::Body(encode(&resp, v))
+        })
+    });
+    let s = setup("merged-pid", extra);
+
+    // An idempotent producer gets its id at home (the source)...
+    let mut home = Client::connect(&s.proxy.broker(0));
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(12_345)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let id: InitProducerIdResponse = home.call(ApiKey::InitProducerId, 2, &init);
+    assert_eq!(id.error_code, 0);
+    let vpid = id.producer_id.0;
+    assert!(vpid > 5, "a virtual id: {vpid}");
+
+    // ...and writes `moved`, routed to the target, which is not ready yet: a
+    // retriable partition error, the connection stays, nothing reached the target.
+    let mut abroad = Client::connect(&s.proxy.broker(1000));
+    for _ in 0..2 {
+        let resp: ProduceResponse = abroad.call(ApiKey::Produce, 7, &produce("moved", vpid));
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(
+            (resp.responses[0].name.as_str(), p.error_code),
+            ("moved", 6),
+            "NOT_LEADER_OR_FOLLOWER"
+        );
+    }
+    let produced = |seen: &Seen| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| *k == ApiKey::Produce as i16)
+            .count()
+    };
+    assert_eq!(produced(&s.target_seen), 0);
+    // The retry succeeds once the target issues ids.
+    let resp: ProduceResponse = abroad.call(ApiKey::Produce, 7, &produce("moved", vpid));
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(produced(&s.target_seen), 1);
+
+    // The proxy asked the target for the transaction timeout the client asked for.
+    let asked: Vec<i32> = s
+        .target_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _, _)| *k == ApiKey::InitProducerId as i16)
+        .map(|(_, v, b)| {
+            InitProducerIdRequest::decode(&mut b.clone(), *v)
+                .unwrap()
+                .transaction_timeout_ms
+        })
+        .collect();
+    assert_eq!(asked, vec![12_345; 3]);
+}
