@@ -505,3 +505,41 @@ fn a_cluster_not_ready_for_producer_ids_gives_a_retriable_error() {
         .collect();
     assert_eq!(asked, vec![12_345; 3]);
 }
+
+/// A client may send a request and end its side of the connection at once
+/// (librdkafka retires its bootstrap connections so): the proxy keeps its upstream
+/// connection open until the answer is in, since a Kafka broker closes a
+/// connection outright when it reads the end of stream, and the client gets its
+/// answer.
+#[test]
+fn a_client_that_hangs_up_after_a_request_still_gets_its_answer() {
+    let delay = std::time::Duration::from_millis(300);
+    let extra: Arc<Extra> = Arc::new(move |api, v, _| {
+        (api == ApiKey::ListGroups).then(|| {
+            Reply::Later(
+                delay,
+                encode(&kafka_protocol::messages::ListGroupsResponse::default(), v),
+            )
+        })
+    });
+    let (source_seen, target_seen) = (Seen::default(), Seen::default());
+    let source = loose_broker(&["both"], source_seen, extra);
+    let target = loose_broker(&["both"], target_seen, no_extra());
+    let toml = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n\
+         [clusters.target]\nbootstrap = [\"{}\"]\nnode_id_offset = 1000\n\n{ROUTES}",
+        source.bootstrap(),
+        target.bootstrap()
+    );
+    let proxy = InProcess::start("hang-up", &toml, &[0, 1000]);
+    let mut client = Client::connect(&proxy.broker(0));
+    let answer: Option<kafka_protocol::messages::ListGroupsResponse> = client.send_then_hang_up(
+        ApiKey::ListGroups,
+        3,
+        &kafka_protocol::messages::ListGroupsRequest::default(),
+    );
+    assert!(
+        answer.is_some(),
+        "the answer was lost when the client ended its side"
+    );
+}

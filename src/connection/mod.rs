@@ -301,6 +301,18 @@ pub async fn serve<S>(
         Err(e @ ConnectionError::Idle(_)) => {
             tracing::debug!(%peer, listener, reason = %e, "connection closed")
         }
+        // The client hung up, possibly with answers still owed: its choice, not a
+        // fault of the proxy or the broker.
+        Err(ConnectionError::ClientIo(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            tracing::debug!(%peer, listener, reason = %e, "connection closed by the client")
+        }
         Err(e) => {
             tracing::warn!(%peer, listener, side = e.side(), reason = %e, "connection closed")
         }
@@ -479,14 +491,22 @@ where
     let read_result = reader
         .run(&mut session, client_r, &shutdown, &conn_done)
         .await;
+    // The upstream's write half stays open until the pump is done: closing it
+    // would end the broker's side too (Kafka brokers close a connection whose
+    // client half-closes), dropping the answers still owed. A client that sends a
+    // request and hangs up at once (librdkafka retiring its bootstrap connection)
+    // would otherwise look like a broker failure.
+    let upstream_w = reader.upstream.writer.take();
     drop(reader);
     match read_result {
         Ok(()) => {
             // Client done or shutdown: let the pump answer everything in flight.
-            match pump.await {
+            let answered = match pump.await {
                 Ok(r) => r,
                 Err(_) => Ok(()),
-            }
+            };
+            drop(upstream_w);
+            answered
         }
         Err(e) => {
             pump.abort();

@@ -98,6 +98,7 @@ pub struct Client {
     stream: TcpStream,
     correlation: i32,
     pub client_id: &'static str,
+    hang_up_after_send: bool,
 }
 
 impl Client {
@@ -110,6 +111,7 @@ impl Client {
             stream,
             correlation: 0,
             client_id: "raw-client",
+            hang_up_after_send: false,
         }
     }
 
@@ -136,6 +138,9 @@ impl Client {
         out.put_i32(body.len() as i32);
         out.extend_from_slice(&body);
         self.stream.write_all(&out).ok()?;
+        if self.hang_up_after_send {
+            self.stream.shutdown(std::net::Shutdown::Write).ok()?;
+        }
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).ok()?;
         let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
@@ -146,6 +151,18 @@ impl Client {
         let resp = Resp::decode(&mut buf, version).unwrap();
         assert_eq!(buf.remaining(), 0, "{api:?} v{version}: bytes left over");
         Some(resp)
+    }
+
+    /// Sends `req`, ends the client's side of the connection (half-close), then
+    /// reads the answer.
+    pub fn send_then_hang_up<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Option<Resp> {
+        self.hang_up_after_send = true;
+        self.try_call(api, version, req)
     }
 
     pub fn call<Req: Encodable, Resp: Decodable>(

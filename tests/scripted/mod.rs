@@ -42,6 +42,10 @@ pub enum Reply {
     Close,
     /// Never answer (the connection stays open).
     Ignore,
+    /// This response body, after the delay. Like Apache Kafka, the broker closes
+    /// the connection as soon as it reads the client's end of stream, with any
+    /// answer still waiting unsent.
+    Later(std::time::Duration, Bytes),
 }
 
 /// Decides the answer to one request: (header, body bytes) → reply.
@@ -162,13 +166,27 @@ impl Drop for ScriptedBroker {
 }
 
 async fn serve(
-    mut socket: tokio::net::TcpStream,
+    socket: tokio::net::TcpStream,
     addr: SocketAddr,
     node_id: i32,
     topics: &[String],
     script: &Script,
     requests: &Mutex<Vec<i16>>,
 ) -> std::io::Result<()> {
+    let (mut read, mut write) = socket.into_split();
+    // Answers go out in order, each when it is due, from a writer task; reading
+    // the client's end of stream ends both (the writer is aborted, answers still
+    // due are never sent), as a Kafka broker does.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, framed)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if write.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut writer = AbortOnDrop(writer);
     let mut buf = BytesMut::new();
     loop {
         while buf.len() >= 4 {
@@ -188,6 +206,7 @@ async fn serve(
                 .map_err(std::io::Error::other)?;
             requests.lock().unwrap().push(key);
             let body = cursor;
+            let mut due = tokio::time::Instant::now();
             let reply = match script(&header, &body) {
                 Reply::Default => {
                     Reply::Body(default_answer(api, version, &body, addr, node_id, topics))
@@ -195,10 +214,19 @@ async fn serve(
                 Reply::DefaultFor(instead) => Reply::Body(default_answer(
                     api, version, &instead, addr, node_id, topics,
                 )),
+                Reply::Later(delay, b) => {
+                    due += delay;
+                    Reply::Body(b)
+                }
                 r => r,
             };
             let out = match reply {
-                Reply::Close => return Ok(()),
+                Reply::Close => {
+                    // What was answered before goes out first.
+                    drop(tx);
+                    let _ = (&mut writer.0).await;
+                    return Ok(());
+                }
                 Reply::Ignore => continue,
                 Reply::Raw(b) => b,
                 Reply::Body(b) => {
@@ -210,16 +238,26 @@ async fn serve(
                     out.put_slice(&b);
                     out.freeze()
                 }
-                Reply::Default | Reply::DefaultFor(_) => unreachable!(),
+                Reply::Default | Reply::DefaultFor(_) | Reply::Later(..) => unreachable!(),
             };
             let mut framed = BytesMut::with_capacity(4 + out.len());
             framed.put_i32(out.len() as i32);
             framed.put_slice(&out);
-            socket.write_all(&framed).await?;
+            if tx.send((due, framed.freeze())).is_err() {
+                return Ok(());
+            }
         }
-        if socket.read_buf(&mut buf).await? == 0 {
+        if read.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
