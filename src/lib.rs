@@ -17,6 +17,10 @@
 //! - [`connection`]: one reader/pump task pair per client socket; ordering, backpressure.
 //! - [`codec`]: framing and header decoding; no I/O.
 //! - [`handlers`]: one file per API family; what to answer, forward or rewrite.
+//!   With several clusters, `handlers::routing` decides per request what belongs on
+//!   the connection's cluster, `handlers::metadata::merge` builds the one view of
+//!   topics every client gets, and `handlers::topic_admin` splits topic admin
+//!   requests by the cluster each topic is written on (docs/merged-view.md).
 //! - [`upstream`]: connections to brokers, and each cluster's brokers and API versions.
 //! - [`switch`]: the cutover machinery: produce flips and their marks, virtual
 //!   producer ids, group attribution.

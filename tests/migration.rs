@@ -17,3 +17,9 @@ fn producer_flip_and_rollback_with_three_clients() {
     let _serial = harness::serial();
     migration::producer_flip_and_rollback(env());
 }
+
+#[test]
+fn admin_writes_follow_routes_on_kafka_2_4_and_3() {
+    let _serial = harness::serial();
+    migration::admin_writes_follow_routes(env());
+}

@@ -635,3 +635,88 @@ pub fn producer_flip_and_rollback(env: &TwoClusters) {
         "the collision case did not arise: the source never issued {direct_pid}"
     );
 }
+
+/// Topic admin through the proxy lands on the cluster each topic's route names: a
+/// topic routed to the target (Kafka 3.9) is created there and not on the source
+/// (Kafka 2.4.1), and the other way round, by the Java AdminClient; a full admin
+/// cycle (create, list, describe, configs, produce, list offsets, delete) of the
+/// Java and franz-go admin clients passes for topics routed to the target.
+pub fn admin_writes_follow_routes(env: &TwoClusters) {
+    let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
+    let rows = format!(
+        "{TARGET_GROUP_ROW}\n[routes.topics.\"^admin-t-.*$\"]\nproduce = \"target\"\nconsume = \"target\"\n"
+    );
+    proxy.write_routes(&routes_toml(source, target, &rows));
+    let (code, body) = post(proxy, "/reload");
+    assert_eq!(code, 200, "reload: {body}");
+
+    for (topic, on, off) in [
+        ("admin-t-java", target, source),
+        ("admin-s-java", source, target),
+    ] {
+        let v = java_driver(&[
+            "create-topic",
+            "--bootstrap",
+            &proxy.bootstrap,
+            "--topic",
+            topic,
+            "--partitions",
+            "3",
+            "--replication",
+            "1",
+        ]);
+        assert_eq!(
+            v["ok"],
+            Value::Bool(true),
+            "create {topic} through the proxy: {v}"
+        );
+        assert_eq!(
+            rdk::ends(&on.bootstrap(), topic).len(),
+            3,
+            "{topic}: 3 partitions on the cluster its route names"
+        );
+        assert!(
+            rdk::ends(&off.bootstrap(), topic).is_empty(),
+            "{topic} was also created on the other cluster"
+        );
+    }
+    // franz-go's admin cycle reads back through the proxy what it created, so it
+    // fails unless the topic is where the route says.
+    let v = go_driver(&[
+        "admin",
+        "-bootstrap",
+        &proxy.bootstrap,
+        "-topic",
+        "admin-t-franz",
+        "-partitions",
+        "3",
+        "-replication",
+        "1",
+    ]);
+    assert_eq!(
+        v["ok"],
+        Value::Bool(true),
+        "franz-go admin steps failed: {v}"
+    );
+
+    let v = java_driver(&[
+        "admin",
+        "--bootstrap",
+        &proxy.bootstrap,
+        "--topic",
+        "admin-t-cycle",
+        "--partitions",
+        "3",
+        "--replication",
+        "1",
+    ]);
+    assert_eq!(v["ok"], Value::Bool(true), "admin steps failed: {v}");
+    assert!(
+        rdk::ends(&source.bootstrap(), "admin-t-cycle").is_empty(),
+        "the admin cycle touched the source"
+    );
+
+    proxy.write_routes(&routes_toml(source, target, TARGET_GROUP_ROW));
+    let (code, body) = post(proxy, "/reload");
+    assert_eq!(code, 200, "reload: {body}");
+}
