@@ -15,6 +15,7 @@ pub const RELOADS_TOTAL: &str = "switchyard_reloads_total";
 pub const SWITCHES_TOTAL: &str = "switchyard_switches_total";
 pub const SWITCH_PHASE: &str = "switchyard_switch_phase";
 pub const GROUP_LAG: &str = "switchyard_group_lag";
+pub const POSITION_MISMATCH_TOTAL: &str = "switchyard_switch_position_mismatch_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 /// Frames rejected before reaching any handler (malformed, oversize, unsupported).
 pub const REJECTED_FRAMES_TOTAL: &str = "switchyard_rejected_frames_total";
@@ -82,6 +83,12 @@ pub fn switch_phase(kind: &'static str, name: &str, phase: crate::state::Phase) 
 pub fn group_lag(group: &str, cluster: &str, lag: i64) {
     gauge!(GROUP_LAG, "group" => group.to_string(), "cluster" => cluster.to_string())
         .set(lag as f64);
+}
+
+/// A switched group's first fetch of a partition on the new cluster was not at the
+/// translated offset (must stay 0).
+pub fn position_mismatch(group: &str) {
+    counter!(POSITION_MISMATCH_TOTAL, "group" => group.to_string()).increment(1);
 }
 
 /// A request the proxy refused for some partitions or a group because the route

@@ -54,7 +54,7 @@ pub struct Proxy {
     /// Per topic, its (produce, consume) before its latest switch, for rollback.
     history: Mutex<HashMap<String, PreviousRoute>>,
     /// Group switches in progress, as the request path sees them.
-    pub group_switches: GroupSwitches,
+    pub group_switches: Arc<GroupSwitches>,
     /// Groups held on their old cluster until their switch flips.
     pins: Mutex<BTreeMap<String, String>>,
 }
@@ -160,7 +160,7 @@ impl Proxy {
             #[cfg(test)]
             fail_state_writes: std::sync::atomic::AtomicBool::new(false),
             history: Mutex::new(HashMap::new()),
-            group_switches: GroupSwitches::default(),
+            group_switches: Arc::new(GroupSwitches::default()),
             pins: Mutex::new(BTreeMap::new()),
         }))
     }

@@ -543,3 +543,90 @@ fn a_client_that_hangs_up_after_a_request_still_gets_its_answer() {
         "the answer was lost when the client ended its side"
     );
 }
+
+fn fetch(session_id: i32, epoch: i32, topics: &[&str]) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(10)
+        .with_max_bytes(1 << 20)
+        .with_session_id(session_id)
+        .with_session_epoch(epoch)
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| {
+                    FetchTopic::default()
+                        .with_topic(name(t))
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)])
+                })
+                .collect(),
+        )
+}
+
+/// A consumer keeps an incremental fetch session (KIP-227) with the source's broker:
+/// its requests name no partitions, the broker serves the session's. When the
+/// topic's reads move to the target, the next incremental fetch ends the session
+/// (FETCH_SESSION_ID_NOT_FOUND) instead of reaching the source, and the full fetch
+/// that follows is steered.
+#[test]
+fn an_incremental_fetch_session_on_the_cluster_a_reader_left_is_ended() {
+    use kafka_protocol::messages::FetchResponse;
+    let extra: Arc<Extra> = Arc::new(|api, v, _| {
+        (api == ApiKey::Fetch).then(|| {
+            Reply::Body(encode(
+                &kafka_protocol::messages::FetchResponse::default().with_session_id(7),
+                v,
+            ))
+        })
+    });
+    let (source_seen, target_seen) = (Seen::default(), Seen::default());
+    let source = loose_broker(&["both"], source_seen.clone(), extra);
+    let target = loose_broker(&["both"], target_seen, no_extra());
+    let clusters = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n\
+         [clusters.target]\nbootstrap = [\"{}\"]\nnode_id_offset = 1000\n\n",
+        source.bootstrap(),
+        target.bootstrap()
+    );
+    let proxy = InProcess::start("fetch-session", &format!("{clusters}{ROUTES}"), &[0, 1000]);
+    let fetches = || {
+        source_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| *k == ApiKey::Fetch as i16)
+            .count()
+    };
+    let mut client = Client::connect(&proxy.broker(0));
+    let r: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(0, 0, &["both"]));
+    assert_eq!((r.error_code, r.session_id), (0, 7));
+    let r: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(7, 1, &[]));
+    assert_eq!(r.error_code, 0);
+    assert_eq!(fetches(), 2);
+
+    let moved = format!(
+        "{clusters}{ROUTES}\n[routes.topics.\"both\"]\nproduce = \"source\"\nconsume = \"target\"\n"
+    );
+    let (status, body) = proxy.reload(&moved);
+    assert_eq!(status, 200, "{body}");
+
+    let r: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(7, 2, &[]));
+    assert_eq!(
+        (r.error_code, r.session_id),
+        (70, 0),
+        "FETCH_SESSION_ID_NOT_FOUND"
+    );
+    assert_eq!(fetches(), 2, "the incremental fetch reached the source");
+    let r: FetchResponse = client.call(ApiKey::Fetch, 11, &fetch(0, 0, &["both"]));
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(
+        (r.responses[0].topic.as_str(), p.error_code),
+        ("both", 6),
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+    assert_eq!(fetches(), 2);
+}

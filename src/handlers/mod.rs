@@ -179,6 +179,8 @@ pub enum ResponseRewrite {
     /// (DESIGN.md decision 8): checked on the upstream's answer, then the inner
     /// rewrite applies.
     GroupLink(Box<routing::GroupLink>),
+    /// SyncGroup on a group's new cluster after its switch flipped.
+    Settle(Box<routing::SyncSettle>),
 }
 
 /// What to do with one request.
@@ -367,6 +369,7 @@ fn rewrite_with(
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
         }
+        ResponseRewrite::Settle(settle) => routing::rewrite_sync_settle(frame, version, settle),
         ResponseRewrite::GroupLink(link) => {
             routing::confirm_group_link(&frame, api, version, link);
             rewrite_with(

@@ -50,7 +50,7 @@ use crate::codec::{self, DecodeError, RequestFrame};
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::routes::RouteTable;
-use crate::switch::groups::{Release, Verdict};
+use crate::switch::groups::{Release, SyncVerdict, Verdict};
 use crate::switch::identity::{Identities, IdentityKey};
 use crate::switch::inflight::InflightGuard;
 use crate::switch::producers::{self, BatchError, PlanError, Producers, Sent};
@@ -78,7 +78,16 @@ pub struct Session {
     key: Option<IdentityKey>,
     /// SASL progress, when the listener requires SASL.
     pub sasl: super::sasl::SaslState,
+    /// Logical topics this connection's fetch session (KIP-227) may hold: those of
+    /// its last full fetch and of every incremental one since. The broker keeps the
+    /// session's partitions, so an incremental fetch may name none of them.
+    fetch_session: std::collections::HashSet<String>,
 }
+
+/// At most this many topics are remembered per fetch session; past it, every
+/// incremental fetch ends the session (the client then sends a full fetch, which
+/// the proxy can check).
+const MAX_SESSION_TOPICS: usize = 10_000;
 
 impl Session {
     pub fn new(peer_ip: IpAddr, principal: Option<String>) -> Session {
@@ -88,6 +97,7 @@ impl Session {
             role: Role::Unknown,
             key: None,
             sasl: super::sasl::SaslState::Start,
+            fetch_session: std::collections::HashSet::new(),
         }
     }
 
@@ -873,7 +883,45 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
     let here = ctx.here().to_string();
+    if switches.busy() && !held && !groups.is_empty() {
+        // A switched group's first fetch of each partition on its new cluster must
+        // be at the translated offset; anything else is counted and logged.
+        let positions = req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.topic.as_str(), p.partition, p.fetch_offset))
+        });
+        for (group, topic, partition, fetched, translated) in
+            switches.audit(&groups, &here, positions)
+        {
+            metrics::position_mismatch(&group);
+            tracing::warn!(%group, %topic, partition, fetched, translated, cluster = %here, "first fetch on the new cluster is not at the translated offset");
+        }
+    }
     let elsewhere = not_here(&ctx.routes, groups, &here);
+    // An incremental fetch names only what changed; the broker still serves every
+    // partition of the session. When any topic the session may hold is read
+    // elsewhere now, the session is ended: FETCH_SESSION_ID_NOT_FOUND makes the
+    // client drop it and send a full fetch, which is steered like any other.
+    let incremental = frame.version() >= 7 && req.session_id > 0 && req.session_epoch > 0;
+    if incremental
+        && (ctx.session.fetch_session.len() >= MAX_SESSION_TOPICS
+            || ctx
+                .session
+                .fetch_session
+                .iter()
+                .any(|t| elsewhere.elsewhere(t)))
+    {
+        ctx.session.fetch_session.clear();
+        metrics::steered("Fetch", &here);
+        let resp = FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+            .with_session_id(0);
+        return respond(frame, &resp);
+    }
+    if !incremental {
+        ctx.session.fetch_session.clear();
+    }
     let mut plan = Plan::default();
     let routes = ctx.routes.clone();
     req.topics.retain_mut(|t| {
@@ -881,6 +929,15 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
         let away = elsewhere.elsewhere(&t.topic);
         plan.route_topic(&routes, &here, &mut t.topic, parts, away)
     });
+    if frame.version() >= 7 && req.session_epoch >= 0 {
+        for t in &req.topics {
+            if ctx.session.fetch_session.len() < MAX_SESSION_TOPICS {
+                ctx.session
+                    .fetch_session
+                    .insert(plan.logical(&t.topic).to_string());
+            }
+        }
+    }
     let mut changed = !plan.refused.is_empty() || !plan.renames.is_empty();
     for t in &mut req.forgotten_topics_data {
         let physical = routes.physical_topic(&t.topic, &here);
@@ -1267,8 +1324,27 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
     }
     let here = ctx.here();
     if ctx.routes.group_cluster(&group) == here {
-        if frame.api == ApiKey::JoinGroup && switches.busy() {
-            switches.rejoined(&group, &key);
+        let mut then = ResponseRewrite::None;
+        if switches.busy() {
+            match frame.api {
+                ApiKey::JoinGroup => switches.rejoined(&group, &key),
+                // Only members holding their real assignment on the new cluster
+                // commit there (switch::groups::Settle).
+                ApiKey::OffsetCommit if switches.commit_fenced(&group, &member, here) => {
+                    tracing::info!(%group, %member, cluster = %here, "commit refused: the member has not been assigned on the new cluster yet");
+                    return group_error(frame, REBALANCE_IN_PROGRESS).map(Some);
+                }
+                ApiKey::SyncGroup => {
+                    let verdict = switches.sync_verdict(&group, &member, here);
+                    then = ResponseRewrite::Settle(Box::new(SyncSettle {
+                        switches: ctx.proxy.group_switches.clone(),
+                        group: group.clone(),
+                        member: member.clone(),
+                        verdict,
+                    }));
+                }
+                _ => {}
+            }
         }
         let action = offsets_renamed(ctx, frame)?;
         let Some(refresh_only) = link else {
@@ -1283,12 +1359,58 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
             key,
             group,
             refresh_only,
-            then: ResponseRewrite::None,
+            then,
         };
         return Ok(Some(with_group_link(action, link)));
     }
     metrics::steered(super::api_name(frame.api), here);
     group_error(frame, NOT_COORDINATOR).map(Some)
+}
+
+/// A SyncGroup answer on a group's new cluster after its switch flipped: recorded,
+/// and made an empty assignment when that is the member's first there.
+#[derive(Debug)]
+pub struct SyncSettle {
+    pub switches: Arc<crate::switch::groups::GroupSwitches>,
+    pub group: String,
+    pub member: String,
+    pub verdict: SyncVerdict,
+}
+
+/// The answer the client gets for a SyncGroup under [`SyncSettle`].
+pub fn rewrite_sync_settle(
+    frame: Bytes,
+    version: i16,
+    settle: &SyncSettle,
+) -> Result<Bytes, DecodeError> {
+    let (header, mut resp) =
+        codec::decode_response::<SyncGroupResponse>(ApiKey::SyncGroup, version, frame.clone())?;
+    if resp.error_code != 0 {
+        return Ok(frame);
+    }
+    settle
+        .switches
+        .synced(&settle.group, &settle.member, settle.verdict);
+    if settle.verdict == SyncVerdict::Pass {
+        return Ok(frame);
+    }
+    tracing::info!(group = %settle.group, member = %settle.member, "first assignment on the new cluster answered empty; the member rejoins for its real one");
+    resp.assignment = empty_assignment(&resp.assignment);
+    codec::encode_response(ApiKey::SyncGroup, version, header.correlation_id, &resp)
+}
+
+/// A consumer-protocol assignment with no partitions and no user data, at the
+/// version of `real` (0 when it has none).
+fn empty_assignment(real: &Bytes) -> Bytes {
+    let version = match real.get(..2) {
+        Some(v) => i16::from_be_bytes([v[0], v[1]]).max(0),
+        None => 0,
+    };
+    let mut out = BytesMut::with_capacity(10);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes()); // no topics
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // null user data
+    out.freeze()
 }
 
 /// Links an identity to a group when the broker accepted the request that showed
@@ -1311,7 +1433,12 @@ fn with_group_link(action: Action, mut link: GroupLink) -> Action {
             frame,
             response: Some(mut fwd),
         } => {
-            link.then = std::mem::replace(&mut fwd.rewrite, ResponseRewrite::None);
+            // The action's own rewrite applies after the link; a SyncGroup brings
+            // its own (`then`, set by the caller) and the plain handler none.
+            let inner = std::mem::replace(&mut fwd.rewrite, ResponseRewrite::None);
+            if !matches!(inner, ResponseRewrite::None) {
+                link.then = inner;
+            }
             fwd.rewrite = ResponseRewrite::GroupLink(Box::new(link));
             Action::Forward {
                 frame,
@@ -1558,6 +1685,24 @@ mod tests {
         )
         .unwrap();
         RouteTable::new(3, &c)
+    }
+
+    #[test]
+    fn an_empty_assignment_is_a_valid_consumer_assignment() {
+        use kafka_protocol::messages::ConsumerProtocolAssignment;
+        use kafka_protocol::protocol::Decodable;
+        for version in 0..=3i16 {
+            let mut real = BytesMut::new();
+            real.extend_from_slice(&version.to_be_bytes());
+            real.extend_from_slice(&[0, 0, 0, 9]);
+            let empty = empty_assignment(&real.freeze());
+            let mut b = empty.slice(2..);
+            let a = ConsumerProtocolAssignment::decode(&mut b, version).unwrap();
+            assert!(a.assigned_partitions.is_empty());
+            assert!(a.user_data.is_none());
+            assert_eq!(&empty[..2], &version.to_be_bytes());
+        }
+        assert_eq!(&empty_assignment(&Bytes::new())[..2], &[0, 0]);
     }
 
     #[test]

@@ -43,6 +43,43 @@ struct Live {
     joins_waiting: usize,
     release: watch::Sender<Release>,
     cancel: bool,
+    /// From the flip on: how members come to read the new cluster.
+    settle: Option<Settle>,
+}
+
+/// After the flip: every member is made to re-read its committed (translated)
+/// offsets on the new cluster, and nothing of the old cluster's offset space is
+/// committed there (docs/group-handoff.md).
+#[derive(Debug)]
+struct Settle {
+    to: String,
+    /// The assignor's assignments carry only partitions (the consumer protocol's
+    /// built-in assignors): the first assignment each member gets on the new
+    /// cluster is answered as an empty one, then the member is asked to rejoin.
+    empty_first: bool,
+    /// Members answered an empty assignment, waiting for their real one.
+    emptied: HashSet<String>,
+    /// Members whose next heartbeat is answered REBALANCE_IN_PROGRESS.
+    rejoin: HashSet<String>,
+    /// Members that hold their real assignment on the new cluster; only they commit.
+    settled: HashSet<String>,
+    /// Translated offset of each partition, until its first fetch on the new cluster.
+    expect: HashMap<(String, i32), i64>,
+}
+
+/// Assignors of the consumer protocol whose assignments hold nothing but
+/// partitions, in Java, librdkafka, franz-go and kafka-go alike. Others (Kafka
+/// Streams' `stream`, Connect) carry state in the assignment that an empty one
+/// would break; their members keep the old path.
+const PLAIN_ASSIGNORS: &[&str] = &["range", "roundrobin", "sticky", "cooperative-sticky"];
+
+/// What the proxy does with a SyncGroup answer on the new cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncVerdict {
+    /// As the broker answered.
+    Pass,
+    /// An empty assignment instead; the member is then asked to rejoin.
+    Empty,
 }
 
 /// What the proxy does with one group request.
@@ -93,6 +130,7 @@ impl GroupSwitches {
                     joins_waiting: 0,
                     release: watch::channel(Release::Held).0,
                     cancel: false,
+                    settle: None,
                 },
             );
         });
@@ -241,6 +279,13 @@ impl GroupSwitches {
             if flipped && !member.is_empty() && l.old_members.contains(member) {
                 return Verdict::UnknownMember;
             }
+            if api == ApiKey::Heartbeat {
+                if let Some(s) = l.settle.as_mut().filter(|s| s.to == here) {
+                    if s.rejoin.remove(member) {
+                        return Verdict::Rebalance;
+                    }
+                }
+            }
             match api {
                 ApiKey::Heartbeat if l.phase == Phase::Quiescing && l.eager && here == l.from => {
                     Verdict::Rebalance
@@ -252,6 +297,124 @@ impl GroupSwitches {
                 _ => Verdict::Forward,
             }
         })
+    }
+
+    /// The switch flips to `to`: from now on members settle there (see [`Settle`]).
+    /// `assignor` is the group's protocol as the old cluster reported it;
+    /// `translated` the offset each partition resumes from.
+    pub fn flipping(
+        &self,
+        group: &str,
+        to: &str,
+        assignor: &str,
+        translated: impl Iterator<Item = ((String, i32), i64)>,
+    ) {
+        self.with(|live| {
+            if let Some(l) = live.get_mut(group) {
+                l.settle = Some(Settle {
+                    to: to.to_string(),
+                    empty_first: PLAIN_ASSIGNORS.contains(&assignor),
+                    emptied: HashSet::new(),
+                    rejoin: HashSet::new(),
+                    settled: HashSet::new(),
+                    expect: translated.filter(|(_, o)| *o >= 0).collect(),
+                });
+            }
+        });
+    }
+
+    /// A SyncGroup of `member` on `here`: whether its answer is made empty.
+    pub fn sync_verdict(&self, group: &str, member: &str, here: &str) -> SyncVerdict {
+        self.with(|live| {
+            let Some(s) = live.get_mut(group).and_then(|l| l.settle.as_mut()) else {
+                return SyncVerdict::Pass;
+            };
+            if s.to != here || !s.empty_first || s.emptied.contains(member) {
+                return SyncVerdict::Pass;
+            }
+            if s.settled.contains(member) {
+                return SyncVerdict::Pass;
+            }
+            SyncVerdict::Empty
+        })
+    }
+
+    /// The broker accepted `member`'s SyncGroup on the new cluster and the member
+    /// was given `verdict`'s answer.
+    pub fn synced(&self, group: &str, member: &str, verdict: SyncVerdict) {
+        self.with(|live| {
+            if let Some(s) = live.get_mut(group).and_then(|l| l.settle.as_mut()) {
+                match verdict {
+                    SyncVerdict::Empty => {
+                        s.emptied.insert(member.to_string());
+                        s.rejoin.insert(member.to_string());
+                    }
+                    SyncVerdict::Pass => {
+                        s.emptied.remove(member);
+                        s.rejoin.remove(member);
+                        s.settled.insert(member.to_string());
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether an OffsetCommit of `member` on `here` is refused: after the flip,
+    /// on the new cluster, only members holding their real assignment there commit
+    /// (an admin commit, with no member id, is not a member's).
+    pub fn commit_fenced(&self, group: &str, member: &str, here: &str) -> bool {
+        self.with(|live| {
+            live.get(group)
+                .and_then(|l| l.settle.as_ref())
+                .is_some_and(|s| s.to == here && !member.is_empty() && !s.settled.contains(member))
+        })
+    }
+
+    /// The first fetch of each partition on the new cluster, by a member of
+    /// `groups` that is not held: compared with the translated offset. Returns the
+    /// (group, topic, partition, fetched, translated) of every mismatch.
+    pub fn audit<'a>(
+        &self,
+        groups: &[String],
+        here: &str,
+        positions: impl Iterator<Item = (&'a str, i32, i64)> + Clone,
+    ) -> Vec<(String, String, i32, i64, i64)> {
+        self.with(|live| {
+            let mut out = Vec::new();
+            for g in groups {
+                let Some(s) = live.get_mut(g).and_then(|l| l.settle.as_mut()) else {
+                    continue;
+                };
+                if s.to != here || s.expect.is_empty() {
+                    continue;
+                }
+                for (t, p, o) in positions.clone() {
+                    if let Some(want) = s.expect.remove(&(t.to_string(), p)) {
+                        if o != want {
+                            out.push((g.clone(), t.to_string(), p, o, want));
+                        }
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// What is still unsettled after the flip: members without their real
+    /// assignment, and partitions not fetched on the new cluster yet.
+    pub fn unsettled(&self, group: &str) -> (Vec<String>, Vec<(String, i32)>) {
+        self.with(
+            |live| match live.get(group).and_then(|l| l.settle.as_ref()) {
+                Some(s) => {
+                    let mut members: Vec<String> = s.emptied.iter().cloned().collect();
+                    members.sort();
+                    let mut parts: Vec<(String, i32)> = s.expect.keys().cloned().collect();
+                    parts.sort();
+                    (members, parts)
+                }
+                None => (Vec::new(), Vec::new()),
+            },
+        )
     }
 
     /// A held rejoin finished waiting.
@@ -333,5 +496,64 @@ mod tests {
         let p = s.positions("g");
         assert_eq!(p[&("t".to_string(), 0)], 9);
         assert_eq!(p[&("t".to_string(), 1)], 7);
+    }
+
+    #[test]
+    fn members_settle_on_the_new_cluster_through_an_empty_first_assignment() {
+        let s = GroupSwitches::default();
+        s.start("g", "source", Phase::Committed, 1);
+        s.flipping(
+            "g",
+            "target",
+            "range",
+            [(("t".to_string(), 0), 40), (("t".to_string(), 1), 7)].into_iter(),
+        );
+        s.set_phase("g", Phase::Flipped);
+        // Nothing changes on the old cluster.
+        assert_eq!(s.sync_verdict("g", "m1", "source"), SyncVerdict::Pass);
+        assert!(!s.commit_fenced("g", "m1", "source"));
+        // On the new one: no commit before the real assignment, an empty first one.
+        assert!(s.commit_fenced("g", "m1", "target"));
+        assert!(!s.commit_fenced("g", "", "target"), "admin commits pass");
+        assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Empty);
+        s.synced("g", "m1", SyncVerdict::Empty);
+        assert!(matches!(
+            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
+            Verdict::Rebalance
+        ));
+        assert!(matches!(
+            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
+            Verdict::Forward
+        ));
+        assert!(s.commit_fenced("g", "m1", "target"));
+        assert_eq!(s.unsettled("g").0, vec!["m1".to_string()]);
+        // The rejoin brings the real assignment.
+        assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Pass);
+        s.synced("g", "m1", SyncVerdict::Pass);
+        assert!(!s.commit_fenced("g", "m1", "target"));
+        assert!(s.unsettled("g").0.is_empty());
+        // First fetches are audited once per partition.
+        let groups = vec!["g".to_string()];
+        let bad = s.audit(&groups, "target", [("t", 0, 40), ("t", 1, 99)].into_iter());
+        assert_eq!(bad, vec![("g".into(), "t".into(), 1, 99, 7)]);
+        assert!(s
+            .audit(&groups, "target", [("t", 1, 5)].into_iter())
+            .is_empty());
+        assert!(s.unsettled("g").1.is_empty());
+    }
+
+    #[test]
+    fn assignors_with_state_in_the_assignment_keep_their_first_assignment() {
+        let s = GroupSwitches::default();
+        s.start("streams-app", "source", Phase::Committed, 1);
+        s.flipping("streams-app", "target", "stream", std::iter::empty());
+        s.set_phase("streams-app", Phase::Flipped);
+        assert_eq!(
+            s.sync_verdict("streams-app", "m1", "target"),
+            SyncVerdict::Pass
+        );
+        assert!(s.commit_fenced("streams-app", "m1", "target"));
+        s.synced("streams-app", "m1", SyncVerdict::Pass);
+        assert!(!s.commit_fenced("streams-app", "m1", "target"));
     }
 }

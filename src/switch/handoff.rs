@@ -200,6 +200,7 @@ impl Driver<'_> {
             .await
             .map_err(End::Failed)?;
         let eager = !info.members.is_empty() && !info.cooperative();
+        let mut assignor = info.protocol.clone();
         switches.set_eager(&group, eager);
         tracing::info!(%group, protocol = %info.protocol, members = info.members.len(), eager, "quiescing group");
         let started = Instant::now();
@@ -235,6 +236,12 @@ impl Driver<'_> {
         let info = ops::describe_group(&from, &group, self.timeout)
             .await
             .map_err(End::Failed)?;
+        if !info.protocol.is_empty() {
+            assignor = info.protocol.clone();
+        }
+        // An empty group has nobody to settle: its first member reads the
+        // committed offsets anyway.
+        let had_members = !info.members.is_empty();
         switches.add_old_members(&group, info.members.iter().map(|(m, _)| m.as_str()));
         ops::remove_members(&from, &group, &info.members, self.timeout)
             .await
@@ -268,12 +275,42 @@ impl Driver<'_> {
         self.enter(Phase::Committed).await?;
         self.cancelled()?;
 
-        // Flip: durable first, then the table; then let held rejoins go.
+        // Flip: durable first, then the table; then let held rejoins go. From here
+        // on every member settles on the new cluster (switch::groups::Settle).
+        switches.flipping(
+            &group,
+            &self.sw.to,
+            &assignor,
+            self.sw
+                .moves
+                .iter()
+                .filter(|_| had_members)
+                .map(|m| ((m.topic.clone(), m.partition), m.new_offset)),
+        );
         self.enter(Phase::Flipped).await?;
         self.proxy.unpin_group(&group).await;
         switches.release(&group, Release::Flipped);
         let flipped = Instant::now();
-        while !switches.all_rejoined(&group) && flipped.elapsed() < REJOIN_MAX {
+        // Done means every held client rejoined, every member holds its real
+        // assignment on the new cluster and every translated partition was fetched
+        // there (and audited), or REJOIN_MAX passed: then what is missing is said.
+        loop {
+            let (members, partitions) = switches.unsettled(&group);
+            let settled = members.is_empty() && partitions.is_empty();
+            if switches.all_rejoined(&group) && settled {
+                break;
+            }
+            if flipped.elapsed() >= REJOIN_MAX {
+                tracing::warn!(
+                    %group,
+                    cluster = %self.sw.to,
+                    members_without_assignment = ?members,
+                    partitions_not_fetched = ?partitions,
+                    rejoined = switches.all_rejoined(&group),
+                    "group switch done, but not every member reads the new cluster yet"
+                );
+                break;
+            }
             tokio::time::sleep(POLL).await;
         }
         Ok(())

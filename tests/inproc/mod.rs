@@ -78,6 +78,31 @@ impl InProcess {
         }
     }
 
+    /// Rewrites the config with new `[clusters]`/`[routes]` sections and reloads it
+    /// through the admin API; returns the HTTP status and body.
+    pub fn reload(&self, clusters_toml: &str) -> (u16, String) {
+        let tmp = self.config_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, format!("{}{clusters_toml}\n", self.header)).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+        let mut s = TcpStream::connect(&self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /reload HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.admin
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
     /// The address of virtual broker `id`.
     pub fn broker(&self, id: i32) -> String {
         format!("127.0.0.1:{}", self.port_base + id as u16)
