@@ -616,29 +616,7 @@ impl Cluster {
             .build()
             .unwrap();
         loop {
-            let view = switchyard::upstream::ClusterView::new(switchyard::config::ClusterConfig {
-                name: "probe".into(),
-                bootstrap: self.bootstrap_list(),
-                node_id_offset: 0,
-                tls: self
-                    .tls_ca
-                    .as_ref()
-                    .map(|ca| switchyard::config::UpstreamTls {
-                        ca: Some(ca.clone()),
-                        cert: None,
-                        key: None,
-                    }),
-                sasl: self
-                    .scram
-                    .as_ref()
-                    .map(|(user, file)| switchyard::config::UpstreamSasl {
-                        mechanism: "SCRAM-SHA-512".into(),
-                        username: user.clone(),
-                        password_env: None,
-                        password_file: Some(file.clone()),
-                    }),
-            })
-            .unwrap();
+            let view = self.probe_view();
             let ok = rt.block_on(view.refresh(Duration::from_secs(3))).is_ok();
             if ok && view.brokers().len() >= n && view.controller() >= 0 {
                 return;
@@ -648,6 +626,63 @@ impl Cluster {
                     "cluster in {} did not show {n} brokers in time",
                     self.dir.display()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// A view of this cluster through the proxy's own upstream code, for probes.
+    fn probe_view(&self) -> switchyard::upstream::ClusterView {
+        switchyard::upstream::ClusterView::new(switchyard::config::ClusterConfig {
+            name: "probe".into(),
+            bootstrap: self.bootstrap_list(),
+            node_id_offset: 0,
+            tls: self
+                .tls_ca
+                .as_ref()
+                .map(|ca| switchyard::config::UpstreamTls {
+                    ca: Some(ca.clone()),
+                    cert: None,
+                    key: None,
+                }),
+            sasl: self
+                .scram
+                .as_ref()
+                .map(|(user, file)| switchyard::config::UpstreamSasl {
+                    mechanism: "SCRAM-SHA-512".into(),
+                    username: user.clone(),
+                    password_env: None,
+                    password_file: Some(file.clone()),
+                }),
+        })
+        .unwrap()
+    }
+
+    /// Makes the brokers create `__consumer_offsets` now (they do on the first
+    /// FindCoordinator), while every broker is up: a test that kills a broker
+    /// before any group was used would otherwise find the offsets topic impossible
+    /// to create (its replication factor exceeds the brokers alive) and every group
+    /// coordinator unavailable.
+    pub fn ensure_offsets_topic(&self, timeout: Duration) {
+        use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+        use kafka_protocol::protocol::StrBytes;
+        let deadline = Instant::now() + timeout;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let view = self.probe_view();
+        let req = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_static_str("switchyard-test-warmup"));
+        loop {
+            let _ = rt.block_on(view.refresh(Duration::from_secs(3)));
+            let resp: Result<FindCoordinatorResponse, _> =
+                rt.block_on(view.call(ApiKey::FindCoordinator, 1, &req, Duration::from_secs(5)));
+            if resp.is_ok_and(|r| r.error_code == 0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("cluster in {} has no group coordinator", self.dir.display());
             }
             std::thread::sleep(Duration::from_millis(500));
         }
