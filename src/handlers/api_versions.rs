@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::ResponseError;
 
 use super::SUPPORTED;
 use crate::codec::{self, DecodeError, RequestFrame};
 use crate::upstream::ApiRanges;
 
 /// Kafka's UNSUPPORTED_VERSION error code.
-const UNSUPPORTED_VERSION: i16 = 35;
+const UNSUPPORTED_VERSION: i16 = ResponseError::UnsupportedVersion.code();
 
 /// The version table clients negotiate against.
 pub type ApiTable = BTreeMap<i16, (i16, i16)>;

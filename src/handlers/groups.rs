@@ -70,7 +70,7 @@ mod tests {
                 Coordinator::default()
                     .with_key(StrBytes::from_static_str("g2"))
                     .with_node_id(BrokerId(-1))
-                    .with_error_code(15),
+                    .with_error_code(kafka_protocol::ResponseError::CoordinatorNotAvailable.code()),
             ]);
         rewrite_find_coordinator(&mut r, 3, &test_map());
         assert_eq!(

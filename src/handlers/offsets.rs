@@ -14,6 +14,7 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
     TxnOffsetCommitRequest,
 };
+use kafka_protocol::ResponseError;
 
 use crate::codec::{self, DecodeError, RequestFrame};
 
@@ -275,7 +276,7 @@ pub fn epoch_answer(
                     // UNKNOWN_TOPIC_OR_PARTITION: retriable for the client.
                     None => EpochEndOffset::default()
                         .with_partition(*partition)
-                        .with_error_code(3),
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
                 }
             })
             .collect();
@@ -401,7 +402,7 @@ mod tests {
                         .with_offset(1234),
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(1)
-                        .with_error_code(6),
+                        .with_error_code(ResponseError::NotLeaderOrFollower.code()),
                 ])]);
         let upstream_frame = codec::encode_response(ApiKey::ListOffsets, v, 99, &upstream).unwrap();
         let out = epoch_response_from_list_offsets(upstream_frame, v, 3, &query).unwrap();

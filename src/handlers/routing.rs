@@ -56,8 +56,8 @@ use crate::switch::inflight::InflightGuard;
 use crate::switch::producers::{self, BatchError, PlanError, Producers, Sent};
 use crate::upstream::{ClusterView, UpstreamError};
 
-const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-const NOT_COORDINATOR: i16 = 16;
+const NOT_LEADER_OR_FOLLOWER: i16 = ResponseError::NotLeaderOrFollower.code();
+const NOT_COORDINATOR: i16 = ResponseError::NotCoordinator.code();
 const UNKNOWN_PRODUCER_ID: i16 = ResponseError::UnknownProducerId.code();
 
 /// What a connection has shown itself to be; decides which route Metadata follows
@@ -1232,12 +1232,12 @@ async fn find_coordinator(
                                 .with_key(k)
                                 .with_node_id(BrokerId(-1))
                                 .with_port(-1)
-                                .with_error_code(15),
+                                .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
                         );
                     }
                 } else {
                     out = FindCoordinatorResponse::default()
-                        .with_error_code(15)
+                        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                         .with_node_id(BrokerId(-1))
                         .with_port(-1);
                 }
@@ -1575,8 +1575,8 @@ pub fn rewrite_offsets_renamed(
 
 /// How long a rejoin is held at most while its group switches.
 const JOIN_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(120);
-const REBALANCE_IN_PROGRESS: i16 = 27;
-const UNKNOWN_MEMBER_ID: i16 = 25;
+const REBALANCE_IN_PROGRESS: i16 = ResponseError::RebalanceInProgress.code();
+const UNKNOWN_MEMBER_ID: i16 = ResponseError::UnknownMemberId.code();
 
 /// The proxy's own answer to a group request: `code` for the whole request.
 fn group_error(frame: &RequestFrame, code: i16) -> Result<Action, RouteError> {

@@ -29,15 +29,16 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
 use super::routing::Session;
 use crate::codec::{self, DecodeError, RequestFrame};
 use crate::sasl::{self, AuthError, Credentials, PlainAttempt, ScramServer};
 use tokio::sync::Semaphore;
 
-const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
-const ILLEGAL_SASL_STATE: i16 = 34;
-const SASL_AUTHENTICATION_FAILED: i16 = 58;
+const UNSUPPORTED_SASL_MECHANISM: i16 = ResponseError::UnsupportedSaslMechanism.code();
+const ILLEGAL_SASL_STATE: i16 = ResponseError::IllegalSaslState.code();
+const SASL_AUTHENTICATION_FAILED: i16 = ResponseError::SaslAuthenticationFailed.code();
 
 /// What the listener offers, rebuilt on every reload (users file re-read).
 #[derive(Debug)]
