@@ -14,7 +14,7 @@ fn env() -> &'static TwoClusters {
 }
 
 #[test]
-fn producer_first_switch_and_rollback_of_four_groups() {
+fn producer_first_switch_and_rollback_of_five_groups() {
     let _serial = harness::serial();
     groups::producer_first_and_rollback(env());
 }

@@ -72,6 +72,9 @@ const JAVA_EAGER: &str = "handoff-java-eager";
 const JAVA_COOP: &str = "handoff-java-coop";
 const FRANZ: &str = "handoff-franz";
 const RDK: &str = "handoff-rdk";
+/// Java eager members that seek back, after a rebalance, to the positions they
+/// held for partitions they get again (as some client libraries do).
+const JAVA_KEEP: &str = "handoff-java-keep";
 
 fn consume_args(bootstrap: &str, group: &str, assignor_flag: &str, assignor: &str) -> Vec<String> {
     [
@@ -101,9 +104,10 @@ fn spawn_driver(driver: fn(&[&str]) -> Value, args: Vec<String>) -> std::thread:
 }
 
 /// Issue 4, done-when 1 and 4: producer-first without mirroring, then a rollback of
-/// both. Four groups of three members (Java eager, Java cooperative, franz-go
-/// cooperative, librdkafka eager) read a topic through the proxy while a Java
-/// producer writes it. The topic's writes flip to the target and every group row
+/// both. Five groups of three members (Java eager, Java cooperative, franz-go
+/// cooperative, librdkafka eager, and Java eager members that keep their positions
+/// across a re-assignment) read a topic through the proxy while a Java producer
+/// writes it. The topic's writes flip to the target and every group row
 /// points there (`marks`, `when = "drained"`): each group drains the source and
 /// switches by itself. Then writes and groups go back the same way. Every group
 /// must see every record once, in per-key order.
@@ -111,7 +115,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
     let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
     create_topic_direct(source, TOPIC, PARTITIONS);
     create_topic_direct(target, TOPIC, PARTITIONS);
-    let groups = [JAVA_EAGER, JAVA_COOP, FRANZ, RDK];
+    let groups = [JAVA_EAGER, JAVA_COOP, FRANZ, RDK, JAVA_KEEP];
     reload(env, &group_rows(&groups, "source", ""));
     let switches_before = group_switches_ok(proxy);
 
@@ -128,6 +132,11 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
         go_driver,
         consume_args(&bootstrap, FRANZ, "--balancer", "cooperative-sticky"),
     );
+    let java_keep = spawn_driver(java_driver, {
+        let mut a = consume_args(&bootstrap, JAVA_KEEP, "--assignor", "range");
+        a.extend(["--keep-positions".to_string(), "true".to_string()]);
+        a
+    });
     let rdk_seen = Arc::new(rdk::Seen::default());
     let rdk_group = {
         let (b, seen) = (bootstrap.clone(), rdk_seen.clone());
@@ -228,6 +237,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
         ("java eager", java_eager),
         ("java cooperative", java_coop),
         ("franz-go", franz),
+        ("java keeping positions", java_keep),
     ] {
         let v = handle.join().unwrap();
         eprintln!("{name}: {v}");
@@ -237,9 +247,17 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
     assert_consumed(&v, COUNT, 0);
     assert_eq!(
         group_switches_ok(proxy) - switches_before,
-        8,
-        "four groups switched twice"
+        10,
+        "five groups switched twice"
     );
+    // Every member's first fetch on each new cluster was at the translated offset.
+    let mismatches: Vec<String> = proxy
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("switchyard_switch_position_mismatch_total"))
+        .map(str::to_string)
+        .collect();
+    assert!(mismatches.is_empty(), "position mismatches: {mismatches:?}");
 }
 
 /// `switchyard_switches_total{kind="group",outcome="ok"}` (the proxy is shared by

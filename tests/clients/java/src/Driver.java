@@ -366,7 +366,7 @@ public final class Driver {
 
     static Result consume(Args a) throws UsageException, IOException {
         a.allow("bootstrap", "topic", "group", "members", "expect", "timeout-s", "seen-file",
-                "stop-after", "assignor", "auto-offset-reset", "prop");
+                "stop-after", "assignor", "auto-offset-reset", "keep-positions", "prop");
         String bootstrap = a.req("bootstrap");
         String topic = a.req("topic");
         String group = a.req("group");
@@ -378,6 +378,11 @@ public final class Driver {
         long stopAfter = a.longOpt("stop-after", 0);
         String assignor = assignorClass(a.str("assignor", "range"));
         String reset = a.str("auto-offset-reset", "earliest");
+        // A behaviour model of client libraries that keep the in-memory position of
+        // every partition present in both the old and the new assignment (the
+        // protocol allows it): positions held at a revoke are sought back to when
+        // the same partitions come back in the next assignment.
+        boolean keepPositions = a.bool("keep-positions", false);
 
         long start = System.nanoTime();
         long deadline = start + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
@@ -429,10 +434,20 @@ public final class Driver {
                     // dropped (their new owner reads them again).
                     final KafkaConsumer<String, String> cc = c;
                     final Map<TopicPartition, OffsetAndMetadata> pending = new HashMap<>();
+                    final Map<TopicPartition, Long> held = new HashMap<>();
                     pendingRef.set(pending);
                     c.subscribe(Arrays.asList(topic.split(",")), new ConsumerRebalanceListener() {
                         @Override
                         public void onPartitionsRevoked(java.util.Collection<TopicPartition> parts) {
+                            if (keepPositions) {
+                                for (TopicPartition tp : parts) {
+                                    try {
+                                        held.put(tp, cc.position(tp, Duration.ofSeconds(5)));
+                                    } catch (RuntimeException e) {
+                                        // No position yet: nothing to keep.
+                                    }
+                                }
+                            }
                             Map<TopicPartition, OffsetAndMetadata> mine = new HashMap<>();
                             for (TopicPartition tp : parts) {
                                 OffsetAndMetadata o = pending.remove(tp);
@@ -448,11 +463,23 @@ public final class Driver {
                         }
 
                         @Override
-                        public void onPartitionsAssigned(java.util.Collection<TopicPartition> parts) {}
+                        public void onPartitionsAssigned(java.util.Collection<TopicPartition> parts) {
+                            if (!keepPositions) return;
+                            // Only partitions of the assignment just before this one
+                            // are kept; anything else starts from its committed offset.
+                            for (TopicPartition tp : parts) {
+                                Long pos = held.get(tp);
+                                if (pos != null) cc.seek(tp, pos);
+                            }
+                            held.clear();
+                        }
 
                         @Override
                         public void onPartitionsLost(java.util.Collection<TopicPartition> parts) {
-                            for (TopicPartition tp : parts) pending.remove(tp);
+                            for (TopicPartition tp : parts) {
+                                pending.remove(tp);
+                                held.remove(tp);
+                            }
                         }
                     });
                     while (!stop.get() && !ledger.done()) {
