@@ -16,7 +16,16 @@ fn env() -> &'static TwoClusters {
 #[test]
 fn producer_first_switch_and_rollback_of_five_groups() {
     let _serial = harness::serial();
-    groups::producer_first_and_rollback(env());
+    groups::producer_first_and_rollback(env(), "handoff", groups::Reset::Earliest);
+}
+
+/// The same with `auto.offset.reset = latest` on every consumer: a member that
+/// resumed on the new cluster past its end would jump to the end and skip records
+/// instead of re-reading from the beginning.
+#[test]
+fn producer_first_switch_and_rollback_with_latest_reset() {
+    let _serial = harness::serial();
+    groups::producer_first_and_rollback(env(), "handoff-latest", groups::Reset::Latest);
 }
 
 #[test]

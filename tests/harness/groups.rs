@@ -64,25 +64,45 @@ fn group_rows(groups: &[&str], cluster: &str, extra: &str) -> String {
         .collect()
 }
 
-const TOPIC: &str = "handoff";
 const PARTITIONS: u32 = 6;
 const COUNT: u64 = 15_000;
 const RATE: &str = "300";
-const JAVA_EAGER: &str = "handoff-java-eager";
-const JAVA_COOP: &str = "handoff-java-coop";
-const FRANZ: &str = "handoff-franz";
-const RDK: &str = "handoff-rdk";
-/// Java eager members that seek back, after a rebalance, to the positions they
-/// held for partitions they get again (as some client libraries do).
-const JAVA_KEEP: &str = "handoff-java-keep";
 
-fn consume_args(bootstrap: &str, group: &str, assignor_flag: &str, assignor: &str) -> Vec<String> {
+/// Where a consumer without a committed offset starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    Earliest,
+    /// Every group's offsets are committed at 0 before it starts, so it reads every
+    /// record; a wrong resume point on a new cluster is then not covered up by a
+    /// reset to the beginning.
+    Latest,
+}
+
+impl Reset {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reset::Earliest => "earliest",
+            Reset::Latest => "latest",
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consume_args(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    assignor_flag: &str,
+    assignor: &str,
+    reset_flag: &str,
+    reset: Reset,
+) -> Vec<String> {
     [
         "consume",
         "--bootstrap",
         bootstrap,
         "--topic",
-        TOPIC,
+        topic,
         "--group",
         group,
         "--members",
@@ -93,6 +113,8 @@ fn consume_args(bootstrap: &str, group: &str, assignor_flag: &str, assignor: &st
         "170",
         assignor_flag,
         assignor,
+        reset_flag,
+        reset.as_str(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -111,46 +133,89 @@ fn spawn_driver(driver: fn(&[&str]) -> Value, args: Vec<String>) -> std::thread:
 /// points there (`marks`, `when = "drained"`): each group drains the source and
 /// switches by itself. Then writes and groups go back the same way. Every group
 /// must see every record once, in per-key order.
-pub fn producer_first_and_rollback(env: &TwoClusters) {
+///
+/// `prefix` names the topic and the groups (`<prefix>-java-eager`, ...), so the
+/// scenario runs once per `reset` on one pair of clusters.
+pub fn producer_first_and_rollback(env: &TwoClusters, prefix: &str, reset: Reset) {
     let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
-    create_topic_direct(source, TOPIC, PARTITIONS);
-    create_topic_direct(target, TOPIC, PARTITIONS);
-    let groups = [JAVA_EAGER, JAVA_COOP, FRANZ, RDK, JAVA_KEEP];
+    let topic = prefix;
+    let name = |g: &str| format!("{prefix}-{g}");
+    let (java_eager_g, java_coop_g, franz_g, rdk_g) = (
+        name("java-eager"),
+        name("java-coop"),
+        name("franz"),
+        name("rdk"),
+    );
+    // Java eager members that seek back, after a rebalance, to the positions they
+    // held for partitions they get again (as some client libraries do).
+    let java_keep_g = name("java-keep");
+    create_topic_direct(source, topic, PARTITIONS);
+    create_topic_direct(target, topic, PARTITIONS);
+    let groups = [
+        java_eager_g.as_str(),
+        java_coop_g.as_str(),
+        franz_g.as_str(),
+        rdk_g.as_str(),
+        java_keep_g.as_str(),
+    ];
+    if reset == Reset::Latest {
+        for g in groups {
+            rdk::commit_at(&source.bootstrap(), g, topic, PARTITIONS as i32, 0);
+        }
+    }
     reload(env, &group_rows(&groups, "source", ""));
     let switches_before = group_switches_ok(proxy);
 
     let bootstrap = proxy.bootstrap.clone();
-    let java_eager = spawn_driver(
-        java_driver,
-        consume_args(&bootstrap, JAVA_EAGER, "--assignor", "range"),
-    );
-    let java_coop = spawn_driver(
-        java_driver,
-        consume_args(&bootstrap, JAVA_COOP, "--assignor", "cooperative-sticky"),
-    );
+    let java = |group: &str, assignor: &str| {
+        consume_args(
+            &bootstrap,
+            topic,
+            group,
+            "--assignor",
+            assignor,
+            "--auto-offset-reset",
+            reset,
+        )
+    };
+    let java_eager = spawn_driver(java_driver, java(&java_eager_g, "range"));
+    let java_coop = spawn_driver(java_driver, java(&java_coop_g, "cooperative-sticky"));
     let franz = spawn_driver(
         go_driver,
-        consume_args(&bootstrap, FRANZ, "--balancer", "cooperative-sticky"),
+        consume_args(
+            &bootstrap,
+            topic,
+            &franz_g,
+            "--balancer",
+            "cooperative-sticky",
+            "--reset",
+            reset,
+        ),
     );
     let java_keep = spawn_driver(java_driver, {
-        let mut a = consume_args(&bootstrap, JAVA_KEEP, "--assignor", "range");
+        let mut a = java(&java_keep_g, "range");
         a.extend(["--keep-positions".to_string(), "true".to_string()]);
         a
     });
     let rdk_seen = Arc::new(rdk::Seen::default());
     let rdk_group = {
         let (b, seen) = (bootstrap.clone(), rdk_seen.clone());
+        let (topic, group) = (topic.to_string(), rdk_g.clone());
+        let client_id = format!("rdkafka-{prefix}");
         std::thread::spawn(move || {
             rdk::consume_opts(
                 &b,
-                TOPIC,
-                RDK,
+                &topic,
+                &group,
                 3,
                 COUNT,
                 None,
                 &seen,
                 Duration::from_secs(170),
-                &[("client.id", "rdkafka-handoff")],
+                &[
+                    ("client.id", client_id.as_str()),
+                    ("auto.offset.reset", reset.as_str()),
+                ],
             )
         })
     };
@@ -161,7 +226,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
             "--bootstrap",
             &bootstrap,
             "--topic",
-            TOPIC,
+            topic,
             "--count",
             &COUNT.to_string(),
             "--keys",
@@ -179,7 +244,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
     // Writes flip; every group follows once it has drained the source.
     std::thread::sleep(Duration::from_secs(12));
     let forward = format!(
-        "[routes.topics.\"{TOPIC}\"]\nproduce = \"target\"\nconsume = \"target\"\n\n{}",
+        "[routes.topics.\"{topic}\"]\nproduce = \"target\"\nconsume = \"target\"\n\n{}",
         group_rows(&groups, "target", "offsets = \"marks\"\nwhen = \"drained\"")
     );
     let flipped_at = Instant::now();
@@ -194,7 +259,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["topic"] == TOPIC && m["cluster"] == "target")
+        .find(|m| m["topic"] == topic && m["cluster"] == "target")
         .map(|m| {
             m["partitions"]
                 .as_object()
@@ -216,7 +281,7 @@ pub fn producer_first_and_rollback(env: &TwoClusters) {
     // Roll back both: writes first, then the groups drain the target and return.
     std::thread::sleep(Duration::from_secs(6));
     let back = format!(
-        "[routes.topics.\"{TOPIC}\"]\nproduce = \"source\"\nconsume = \"source\"\n\n{}",
+        "[routes.topics.\"{topic}\"]\nproduce = \"source\"\nconsume = \"source\"\n\n{}",
         group_rows(&groups, "source", "offsets = \"marks\"\nwhen = \"drained\"")
     );
     let back_at = Instant::now();
@@ -326,8 +391,15 @@ pub fn mirrored_group_switch(env: &TwoClusters) {
 
     let bootstrap = proxy.bootstrap.clone();
     let (first, second) = (6_000u64, 3_000u64);
-    let mut consume = consume_args(&bootstrap, MM_GROUP, "--assignor", "range");
-    consume[4] = MIRRORED.into();
+    let mut consume = consume_args(
+        &bootstrap,
+        MIRRORED,
+        MM_GROUP,
+        "--assignor",
+        "range",
+        "--auto-offset-reset",
+        Reset::Earliest,
+    );
     consume[10] = (first + second).to_string();
     let group = spawn_driver(java_driver, consume);
     let producer = spawn_driver(

@@ -444,3 +444,32 @@ pub fn copy(bootstrap: &str, topic: &str, records: &[Stored]) -> u64 {
     producer.flush(Duration::from_secs(60)).expect("flush");
     delivery.acked.load(Ordering::Relaxed)
 }
+
+/// Commits `offset` for partitions `0..partitions` of `topic` in `group` on the
+/// cluster at `bootstrap`, as an admin tool would (no member, no generation), and
+/// retries while the coordinator is still loading.
+pub fn commit_at(bootstrap: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("rdkafka consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+            .expect("partition offset");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("commit {group} at {offset}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("commit {group} at {offset}: {e}"),
+        }
+    }
+}
