@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
@@ -45,7 +46,15 @@ struct Live {
     cancel: bool,
     /// From the flip on: how members come to read the new cluster.
     settle: Option<Settle>,
+    /// Set when the switch finished with members still waiting for their real
+    /// assignment: the entry is kept for them until then.
+    linger_until: Option<Instant>,
 }
+
+/// How long a finished switch keeps asking members that hold the empty assignment
+/// to rejoin. A member alive in the group heartbeats every few seconds and is told
+/// to rejoin on each heartbeat.
+const LINGER: Duration = Duration::from_secs(600);
 
 /// After the flip: every member is made to re-read its committed (translated)
 /// offsets on the new cluster, and nothing of the old cluster's offset space is
@@ -108,6 +117,13 @@ impl GroupSwitches {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Live>) -> T) -> T {
         let mut live = self.live.lock().expect("group switches lock");
         let out = f(&mut live);
+        // A finished switch lingers while members still wait for their real
+        // assignment (see `finish`), at most LINGER.
+        let now = Instant::now();
+        live.retain(|_, l| match l.linger_until {
+            None => true,
+            Some(until) => now < until && l.settle.as_ref().is_some_and(|s| !s.emptied.is_empty()),
+        });
         self.busy.store(!live.is_empty(), Ordering::Relaxed);
         out
     }
@@ -131,13 +147,14 @@ impl GroupSwitches {
                     release: watch::channel(Release::Held).0,
                     cancel: false,
                     settle: None,
+                    linger_until: None,
                 },
             );
         });
     }
 
     pub fn is_live(&self, group: &str) -> bool {
-        self.with(|live| live.contains_key(group))
+        self.with(|live| live.get(group).is_some_and(|l| l.linger_until.is_none()))
     }
 
     pub fn set_phase(&self, group: &str, phase: Phase) {
@@ -188,10 +205,24 @@ impl GroupSwitches {
 
     /// Forgets a finished switch (the one started at `started`), releasing anything
     /// still held.
+    ///
+    /// Members answered an empty assignment that have not had their real one yet
+    /// keep the switch's settle rules (a rebalance asked on every heartbeat, their
+    /// commits refused) until they have, for at most [`LINGER`]: a member must never
+    /// be left holding the empty assignment.
     pub fn finish(&self, group: &str, started: u64, how: Release) {
         self.with(|live| {
             if live.get(group).is_some_and(|l| l.started == started) {
-                if let Some(l) = live.remove(group) {
+                let waiting = live[group]
+                    .settle
+                    .as_ref()
+                    .is_some_and(|s| !s.emptied.is_empty());
+                if waiting {
+                    let l = live.get_mut(group).expect("checked above");
+                    l.phase = Phase::Done;
+                    l.linger_until = Some(Instant::now() + LINGER);
+                    l.release.send_replace(how);
+                } else if let Some(l) = live.remove(group) {
                     l.release.send_replace(how);
                 }
             }
@@ -280,8 +311,11 @@ impl GroupSwitches {
                 return Verdict::UnknownMember;
             }
             if api == ApiKey::Heartbeat {
-                if let Some(s) = l.settle.as_mut().filter(|s| s.to == here) {
-                    if s.rejoin.remove(member) {
+                // Every heartbeat, until the member's SyncGroup brought its real
+                // assignment: a client that missed or ignored one answer is asked
+                // again, never left with the empty assignment.
+                if let Some(s) = l.settle.as_ref().filter(|s| s.to == here) {
+                    if s.rejoin.contains(member) {
                         return Verdict::Rebalance;
                     }
                 }
@@ -517,21 +551,13 @@ mod tests {
         assert!(!s.commit_fenced("g", "", "target"), "admin commits pass");
         assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Empty);
         s.synced("g", "m1", SyncVerdict::Empty);
-        assert!(matches!(
-            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
-            Verdict::Rebalance
-        ));
-        assert!(matches!(
-            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
-            Verdict::Forward
-        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
+                Verdict::Rebalance
+            ));
+        }
         assert!(s.commit_fenced("g", "m1", "target"));
-        assert_eq!(s.unsettled("g").0, vec!["m1".to_string()]);
-        // The rejoin brings the real assignment.
-        assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Pass);
-        s.synced("g", "m1", SyncVerdict::Pass);
-        assert!(!s.commit_fenced("g", "m1", "target"));
-        assert!(s.unsettled("g").0.is_empty());
         // First fetches are audited once per partition.
         let groups = vec!["g".to_string()];
         let bad = s.audit(&groups, "target", [("t", 0, 40), ("t", 1, 99)].into_iter());
@@ -540,6 +566,28 @@ mod tests {
             .audit(&groups, "target", [("t", 1, 5)].into_iter())
             .is_empty());
         assert!(s.unsettled("g").1.is_empty());
+        // The switch finishing does not leave m1 with the empty assignment.
+        s.finish("g", 1, Release::Flipped);
+        assert!(s.busy());
+        assert!(!s.is_live("g"));
+        assert!(matches!(
+            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
+            Verdict::Rebalance
+        ));
+        assert_eq!(s.unsettled("g").0, vec!["m1".to_string()]);
+        // The rejoin brings the real assignment.
+        assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Pass);
+        s.synced("g", "m1", SyncVerdict::Pass);
+        assert!(matches!(
+            s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
+            Verdict::Forward
+        ));
+        assert!(
+            !s.busy(),
+            "the lingering switch goes once m1 has its assignment"
+        );
+        assert!(!s.commit_fenced("g", "m1", "target"));
+        assert!(s.unsettled("g").0.is_empty());
     }
 
     #[test]
