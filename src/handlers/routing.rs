@@ -263,20 +263,41 @@ impl Ctx<'_> {
     }
 
     /// Cluster whose view of `topic` Metadata gives this connection.
-    fn view_cluster(&self, role: Role, groups: &[String], reads: bool, topic: &str) -> String {
+    fn view_cluster(&self, role: Role, groups: &[String], seen: &Seen, topic: &str) -> String {
         let routes = &self.routes;
         match role {
             Role::Writer => routes.produce_cluster(topic).to_string(),
             Role::Reader => Self::read_cluster(routes, groups, topic).to_string(),
-            // A connection that has not shown a role: an identity that has only ever
-            // read gets the read view, any other (a writer, or one that does both,
-            // e.g. SASL users shared by producers and consumers) the write view; a
-            // consumer shown the wrong one is steered on its first fetch and reads
-            // its next metadata on a connection that has a role.
-            Role::Unknown if reads => Self::read_cluster(routes, groups, topic).to_string(),
-            Role::Unknown => routes.produce_cluster(topic).to_string(),
+            // A connection that has not shown a role (a fresh connection for a
+            // metadata lookup): the side its identity was seen on for this topic;
+            // for a topic it has not used, the read view if it has only ever read,
+            // else the write view (SASL users shared by producers and consumers).
+            // A topic both read and written gets the write view; a consumer shown
+            // the wrong one is steered on its first fetch.
+            Role::Unknown => {
+                let read_side = if seen.written.contains(topic) {
+                    false
+                } else if seen.read.contains(topic) {
+                    true
+                } else {
+                    seen.reads_only
+                };
+                if read_side {
+                    Self::read_cluster(routes, groups, topic).to_string()
+                } else {
+                    routes.produce_cluster(topic).to_string()
+                }
+            }
         }
     }
+}
+
+/// What an identity was seen doing, for connections that have shown no role.
+#[derive(Debug, Default)]
+struct Seen {
+    reads_only: bool,
+    read: std::collections::BTreeSet<String>,
+    written: std::collections::BTreeSet<String>,
 }
 
 /// Routes a request when more than one cluster is configured. `None`: not a routed
@@ -349,10 +370,13 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
         .as_ref()
         .map(|i| i.groups.iter().cloned().collect())
         .unwrap_or_default();
-    let reads = ident
-        .as_ref()
-        .map(|i| i.reads && !i.writes)
-        .unwrap_or(false);
+    let seen = ident
+        .map(|i| Seen {
+            reads_only: i.reads && !i.writes,
+            read: i.read_topics,
+            written: i.written_topics,
+        })
+        .unwrap_or_default();
     let role = ctx.session.role;
     let timeout = ctx
         .proxy
@@ -375,7 +399,7 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
     if let (false, Some(topics)) = (all_topics, &req.topics) {
         for t in topics {
             let Some(name) = &t.name else { continue };
-            let c = ctx.view_cluster(role, &groups, reads, name);
+            let c = ctx.view_cluster(role, &groups, &seen, name);
             let physical = topic_name(&ctx.routes.physical_topic(name, &c));
             if let Some(Some(list)) = asks.get_mut(&c) {
                 list.push((physical, name.clone()));
@@ -421,7 +445,7 @@ async fn metadata(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rou
         ctx,
         role,
         groups: &groups,
-        reads,
+        seen: &seen,
     };
     let mut merged = metadata::merge(
         answers,
@@ -438,13 +462,13 @@ struct ClientView<'c, 'a> {
     ctx: &'c Ctx<'a>,
     role: Role,
     groups: &'c [String],
-    reads: bool,
+    seen: &'c Seen,
 }
 
 impl metadata::TopicView for ClientView<'_, '_> {
     fn cluster_of(&self, topic: &str) -> String {
         self.ctx
-            .view_cluster(self.role, self.groups, self.reads, topic)
+            .view_cluster(self.role, self.groups, self.seen, topic)
     }
 
     fn physical(&self, topic: &str, cluster: &str) -> String {
@@ -474,7 +498,9 @@ async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, Rout
     let mut req: ProduceRequest = frame.decode()?;
     ctx.session.role = Role::Writer;
     let key = ctx.identity(frame);
-    ctx.proxy.identities.note_write(&key);
+    ctx.proxy
+        .identities
+        .note_write(&key, req.topic_data.iter().map(|t| t.name.as_str()));
     let here = ctx.here().to_string();
     let here_idx = ctx.proxy.cluster_index(&here);
     let mut plan = Plan::default();
@@ -844,10 +870,16 @@ fn not_here(routes: &Arc<RouteTable>, groups: Vec<String>, here: &str) -> ReadCh
     }))
 }
 
-fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Vec<String> {
+/// Marks the connection a reader and notes the topics its identity reads (logical
+/// names); returns the groups the identity is linked to.
+fn reader<'a>(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+    topics: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
     ctx.session.role = Role::Reader;
     let key = ctx.identity(frame);
-    ctx.proxy.identities.note_read(&key);
+    ctx.proxy.identities.note_read(&key, topics);
     let groups: Vec<String> = ctx
         .proxy
         .identities
@@ -862,7 +894,7 @@ fn reader(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Vec<String> {
 
 async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: FetchRequest = frame.decode()?;
-    let groups = reader(ctx, frame);
+    let groups = reader(ctx, frame, req.topics.iter().map(|t| t.topic.as_str()));
     // A group switch holds its members' fetches: they are answered without records
     // (after the client's own wait, so held clients do not spin).
     let switches = &ctx.proxy.group_switches;
@@ -1043,7 +1075,7 @@ pub fn rewrite_fetch_response(
 
 fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: ListOffsetsRequest = frame.decode()?;
-    let groups = reader(ctx, frame);
+    let groups = reader(ctx, frame, req.topics.iter().map(|t| t.name.as_str()));
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
     let mut plan = Plan::default();
@@ -1116,7 +1148,7 @@ fn offset_for_leader_epoch(
     frame: &RequestFrame,
 ) -> Result<Option<Action>, RouteError> {
     let req: OffsetForLeaderEpochRequest = frame.decode()?;
-    let groups = reader(ctx, frame);
+    let groups = reader(ctx, frame, req.topics.iter().map(|t| t.topic.as_str()));
     let here = ctx.here().to_string();
     let elsewhere = not_here(&ctx.routes, groups, &here);
     let refuse = req.topics.iter().any(|t| elsewhere.elsewhere(&t.topic));

@@ -5,8 +5,11 @@
 //! IP). Group membership the broker *accepted* on any connection of an identity
 //! (JoinGroup, SyncGroup, OffsetCommit answered without error) links it to that
 //! group; fetches of an identity linked to exactly one group follow the group's
-//! route. The identity also remembers whether it was seen writing or reading, which
-//! decides what a role-less connection is told in Metadata.
+//! route. The identity also remembers whether it was seen writing or reading, and
+//! which topics (at most [`MAX_TOPICS`] of each, most recent kept), which decides
+//! what a role-less connection is told in Metadata: an application whose reader and
+//! writer share one client id opens new connections for metadata lookups, and each
+//! must be given the view of the side that asks about that topic.
 //!
 //! # Bounds
 //!
@@ -102,7 +105,14 @@ pub struct Identity {
     pub groups: BTreeSet<String>,
     pub reads: bool,
     pub writes: bool,
+    /// Topics (logical) this identity fetched or listed offsets of, and produced to.
+    pub read_topics: BTreeSet<String>,
+    pub written_topics: BTreeSet<String>,
 }
+
+/// Topics remembered per identity and side; past it the least recent one goes.
+pub const MAX_TOPICS: usize = 64;
+const TOPIC_OVERHEAD: usize = 32;
 
 #[derive(Debug)]
 struct Link {
@@ -118,10 +128,30 @@ struct Entry {
     links: Vec<Link>,
     reads: bool,
     writes: bool,
+    /// Most recent last.
+    read_topics: Vec<String>,
+    written_topics: Vec<String>,
     /// Position in [`Registry::order`].
     tick: u64,
     seen: Instant,
     bytes: usize,
+}
+
+/// Moves `topic` to the most recent end of `list`, dropping the least recent past
+/// [`MAX_TOPICS`].
+fn remember(list: &mut Vec<String>, topic: &str) {
+    if list.last().is_some_and(|t| t == topic) {
+        return;
+    }
+    if let Some(i) = list.iter().position(|t| t == topic) {
+        let t = list.remove(i);
+        list.push(t);
+        return;
+    }
+    if list.len() >= MAX_TOPICS {
+        list.remove(0);
+    }
+    list.push(topic.to_string());
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +237,8 @@ impl Identities {
                     links: Vec::new(),
                     reads: false,
                     writes: false,
+                    read_topics: Vec::new(),
+                    written_topics: Vec::new(),
                     tick,
                     seen: now,
                     bytes,
@@ -235,6 +267,12 @@ impl Identities {
                 .links
                 .iter()
                 .map(|l| LINK_OVERHEAD + l.group.len())
+                .sum::<usize>()
+            + entry
+                .read_topics
+                .iter()
+                .chain(&entry.written_topics)
+                .map(|t| TOPIC_OVERHEAD + t.len())
                 .sum::<usize>();
         reg.bytes = reg.bytes - before + entry.bytes;
         reg.order.insert(tick, shared);
@@ -306,12 +344,24 @@ impl Identities {
         }
     }
 
-    pub fn note_read(&self, key: &IdentityKey) {
-        self.update(key, Instant::now(), |e, _, _| e.reads = true);
+    /// `key` read `topics` (logical names).
+    pub fn note_read<'a>(&self, key: &IdentityKey, topics: impl Iterator<Item = &'a str>) {
+        self.update(key, Instant::now(), |e, _, _| {
+            e.reads = true;
+            for t in topics {
+                remember(&mut e.read_topics, t);
+            }
+        });
     }
 
-    pub fn note_write(&self, key: &IdentityKey) {
-        self.update(key, Instant::now(), |e, _, _| e.writes = true);
+    /// `key` produced to `topics` (logical names).
+    pub fn note_write<'a>(&self, key: &IdentityKey, topics: impl Iterator<Item = &'a str>) {
+        self.update(key, Instant::now(), |e, _, _| {
+            e.writes = true;
+            for t in topics {
+                remember(&mut e.written_topics, t);
+            }
+        });
     }
 
     pub fn get(&self, key: &IdentityKey) -> Option<Identity> {
@@ -334,6 +384,8 @@ impl Identities {
                 .collect(),
             reads: e.reads,
             writes: e.writes,
+            read_topics: e.read_topics.iter().cloned().collect(),
+            written_topics: e.written_topics.iter().cloned().collect(),
         })
     }
 
@@ -464,8 +516,8 @@ mod tests {
         let live = key("live");
         ids.link_group(&live, "billing");
         for i in 0..1000 {
-            ids.note_read(&key(&format!("flood-{i}")));
-            ids.note_read(&live);
+            ids.note_read(&key(&format!("flood-{i}")), std::iter::empty());
+            ids.note_read(&live, std::iter::empty());
         }
         assert_eq!(ids.stats().identities, 3);
         assert!(ids.get(&live).unwrap().groups.contains("billing"));
@@ -521,5 +573,23 @@ mod tests {
         let (sample, total) = ids.group_members_sample(0);
         assert!(sample.is_empty());
         assert_eq!(total, 1);
+    }
+
+    #[test]
+    fn topics_are_remembered_per_side_most_recent_kept() {
+        let ids = Identities::default();
+        let k = key("app");
+        ids.note_write(&k, ["out"].into_iter());
+        ids.note_read(&k, ["in", "in"].into_iter());
+        let i = ids.get(&k).unwrap();
+        assert_eq!(i.written_topics, ["out".to_string()].into_iter().collect());
+        assert_eq!(i.read_topics, ["in".to_string()].into_iter().collect());
+        let many: Vec<String> = (0..MAX_TOPICS + 10).map(|n| format!("t{n}")).collect();
+        ids.note_read(&k, many.iter().map(String::as_str));
+        ids.note_read(&k, ["t10"].into_iter());
+        let i = ids.get(&k).unwrap();
+        assert_eq!(i.read_topics.len(), MAX_TOPICS);
+        assert!(i.read_topics.contains("t10"), "a topic used again is kept");
+        assert!(!i.read_topics.contains("in"), "the least recent one went");
     }
 }
