@@ -23,3 +23,15 @@ fn admin_writes_follow_routes_on_kafka_2_4_and_3() {
     let _serial = harness::serial();
     migration::admin_writes_follow_routes(env());
 }
+
+#[test]
+fn pattern_subscription_reads_its_group_cluster_across_a_flip() {
+    let _serial = harness::serial();
+    harness::clients::pattern_consumer_across_flip(env());
+}
+
+#[test]
+fn admin_client_reads_topics_on_both_clusters() {
+    let _serial = harness::serial();
+    harness::clients::admin_reads_across_clusters(env());
+}

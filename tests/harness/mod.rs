@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod groups;
 pub mod migration;
 pub mod rdk;
