@@ -3,6 +3,9 @@
 //!
 //! - a Java consumer group subscribed by pattern, which finds its topics in
 //!   all-topics Metadata, while a topic it reads moves its writes to the target;
+//! - segmentio/kafka-go, whose writer is not idempotent and keeps one metadata cache
+//!   filled by all-topics requests, and whose reader looks up each partition's leader
+//!   on a fresh connection;
 //! - what the Java AdminClient reads through the proxy of topics that exist on both
 //!   clusters with different partition and record counts.
 //!
@@ -18,7 +21,7 @@ use serde_json::Value;
 use super::migration::{
     create_topic_direct, post, routes_toml, Stored, TwoClusters, TARGET_GROUP_ROW, TARGET_OFFSET,
 };
-use super::{java_driver, rdk, scratch, Proxy};
+use super::{java_driver, kafkago_driver, rdk, scratch, Proxy};
 
 /// Route rows a scenario adds to the env's own (`TARGET_GROUP_ROW`), put back on
 /// drop, a failed assertion included, so the next scenario starts from the env's.
@@ -356,6 +359,383 @@ pub fn pattern_consumer_across_flip(env: &TwoClusters) {
     assert!(
         closed.is_empty(),
         "connections closed with an error: {closed:#?}"
+    );
+}
+
+const KGO: &str = "kgo-orders";
+const KGO_COUNT: u64 = 3_000;
+const KGO_KEYS: u64 = 20;
+
+/// kafka-go's default client id is `<program>@<host> (github.com/segmentio/kafka-go)`:
+/// two applications (two programs) differ in it, while every run of the one driver
+/// program shares it. A run that stands for another application gets its own.
+const ORDERS_APP: &str = "orders-service";
+
+fn kafkago_consume(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    expect: u64,
+    seen: &Path,
+    client_id: Option<&str>,
+) -> Value {
+    let expect = expect.to_string();
+    let seen = seen.display().to_string();
+    let mut args = vec![
+        "consume",
+        "-bootstrap",
+        bootstrap,
+        "-topic",
+        topic,
+        "-group",
+        group,
+        "-members",
+        "1",
+        "-expect",
+        &expect,
+        // A run that works takes a second or two.
+        "-timeout-s",
+        "20",
+        "-seen-file",
+        &seen,
+    ];
+    if let Some(id) = client_id {
+        args.extend(["-client-id", id]);
+    }
+    kafkago_driver(&args)
+}
+
+fn kafkago_produce(
+    bootstrap: &str,
+    topic: &str,
+    count: u64,
+    prefix: &str,
+    client_id: Option<&str>,
+) -> Value {
+    let count_arg = count.to_string();
+    let mut args = vec![
+        "produce",
+        "-bootstrap",
+        bootstrap,
+        "-topic",
+        topic,
+        "-count",
+        &count_arg,
+        "-keys",
+        "10",
+        "-key-prefix",
+        prefix,
+        "-timeout-s",
+        "60",
+    ];
+    if let Some(id) = client_id {
+        args.extend(["-client-id", id]);
+    }
+    let v = kafkago_driver(&args);
+    assert_eq!(v["fatal"], Value::Null, "{prefix}: {v}");
+    assert_eq!(
+        (v["acked"].as_u64(), v["errors"].as_u64()),
+        (Some(count), Some(0)),
+        "{prefix}: {v}"
+    );
+    v
+}
+
+/// Asserts that a group routed to the source read every record stored there and
+/// none of those on the target.
+fn assert_read_source_only(
+    name: &str,
+    summary: &Value,
+    seen: &HashSet<String>,
+    on_source: &HashSet<&String>,
+    on_target: &HashSet<&String>,
+) {
+    assert_eq!(summary["fatal"], Value::Null, "{name}: {summary}");
+    assert_eq!(
+        summary["order_violations"].as_u64(),
+        Some(0),
+        "{name}: {summary}"
+    );
+    let not_seen = on_source
+        .iter()
+        .filter(|v| !seen.contains(v.as_str()))
+        .count();
+    let from_target = seen.iter().filter(|v| on_target.contains(v)).count();
+    eprintln!(
+        "{name}: {} seen, {} on the source, {not_seen} not seen, {from_target} from the target, {} duplicates, {} errors",
+        seen.len(),
+        on_source.len(),
+        summary["duplicates"],
+        summary["errors"]
+    );
+    assert_eq!(not_seen, 0, "{name} missed source records: {summary}");
+    assert_eq!(from_target, 0, "{name} read records of the target");
+}
+
+/// A producer-first migration with kafka-go: a `kafka.Writer` (acks=all, not
+/// idempotent, async) of one application writes `kgo-orders` through the proxy
+/// while a kafka-go consumer group of another, routed to the source, reads it; the
+/// topic's writes flip to the target mid-run.
+///
+/// At least once: every acknowledged record is stored, a record stored twice only
+/// if the driver saw its batch fail an attempt; per key the source holds what came
+/// before the flip and the target what came after. The writer's metadata cache
+/// (kafka-go asks for all topics) lists every topic once in every answer, the
+/// topic with one partition count and its leaders first on the source, then on the
+/// target. The group reads every record on the source and none of the target's.
+pub fn kafka_go_producer_flip(env: &TwoClusters) {
+    let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
+    create_topic_direct(source, KGO, 6);
+    create_topic_direct(target, KGO, 6);
+    let routes = Routes::new(env);
+    let log_from = proxy.log_text().len();
+    let dir = scratch("clients-kafkago");
+    let seen_file = dir.join("group.seen");
+    let retried_file = dir.join("retried");
+    for f in [&seen_file, &retried_file] {
+        let _ = std::fs::remove_file(f);
+    }
+    let bootstrap = proxy.bootstrap.clone();
+    let (seen_arg, retried_arg) = (
+        seen_file.display().to_string(),
+        retried_file.display().to_string(),
+    );
+
+    let started = Instant::now();
+    let group = spawn(
+        kafkago_driver,
+        &[
+            "consume",
+            "-bootstrap",
+            &bootstrap,
+            "-topic",
+            KGO,
+            "-group",
+            "kgo-readers",
+            "-members",
+            "2",
+            "-expect",
+            "1000000000",
+            "-timeout-s",
+            "22",
+            "-seen-file",
+            &seen_arg,
+            // An application of its own (see ORDERS_APP). With the default id it
+            // would share an identity with every other run of the driver, whose
+            // writes change what its leader lookups are told: the next scenario.
+            "-client-id",
+            "kgo-readers-app",
+        ],
+    );
+    let producer = spawn(
+        kafkago_driver,
+        &[
+            "produce",
+            "-bootstrap",
+            &bootstrap,
+            "-topic",
+            KGO,
+            "-count",
+            &KGO_COUNT.to_string(),
+            "-keys",
+            &KGO_KEYS.to_string(),
+            "-key-prefix",
+            "kgo",
+            "-rate",
+            "300",
+            "-timeout-s",
+            "90",
+            "-retried-file",
+            &retried_arg,
+            "-client-id",
+            ORDERS_APP,
+        ],
+    );
+    sleep_until(started, 5);
+    routes.set(&format!(
+        "[routes.topics.\"{KGO}\"]\nproduce = \"target\"\nconsume = \"source\"\n"
+    ));
+    eprintln!("{KGO} flipped to the target at {:?}", started.elapsed());
+    let producer = producer.join().unwrap();
+    let group = group.join().unwrap();
+    eprintln!("kafka-go scenario done at {:?}", started.elapsed());
+
+    // No produce error persisted: kafka-go retried every refused batch until its
+    // metadata cache named the target's leaders.
+    assert_eq!(producer["fatal"], Value::Null, "producer: {producer}");
+    assert_eq!(producer["errors"].as_u64(), Some(0), "producer: {producer}");
+    assert_eq!(
+        producer["acked"].as_u64(),
+        Some(KGO_COUNT),
+        "producer: {producer}"
+    );
+
+    let mut stored = Stored::default();
+    for (name, c) in [("source", source), ("target", target)] {
+        let n = stored.load(name, &c.bootstrap(), KGO);
+        eprintln!("{name}/{KGO}: {n} records");
+    }
+    let expected = expected_values("kgo", KGO_COUNT, KGO_KEYS, &[KGO]);
+    let p = place(&stored, &expected);
+    let retried = read_lines(&retried_file);
+    let unexplained: Vec<&String> = p.twice.iter().filter(|v| !retried.contains(*v)).collect();
+    eprintln!(
+        "kafka-go placement: {:?}; stored twice: {} (of {} records in batches sent more than once); {} retries, first failed attempt: {}",
+        p.counts,
+        p.twice.len(),
+        retried.len(),
+        producer["retries"],
+        producer["first_attempt_error"]
+    );
+    assert!(
+        p.missing.is_empty(),
+        "acknowledged records missing: {} (e.g. {:?})",
+        p.missing.len(),
+        p.missing.first()
+    );
+    assert_eq!(
+        (p.wrong_topic, p.unexpected),
+        (0, 0),
+        "wrong topic, unexpected"
+    );
+    assert!(
+        unexplained.is_empty(),
+        "stored twice but never retried: {unexplained:?}"
+    );
+    let count = |c: &'static str| p.counts.get(&(KGO.to_string(), c)).copied().unwrap_or(0);
+    assert!(count("source") > 0, "records on the source before the flip");
+    assert!(count("target") > 0, "records on the target after the flip");
+    let broken = keys_out_of_order(&stored, &expected, KGO);
+    assert!(
+        broken.is_empty(),
+        "keys with source records after target ones: {broken:?}"
+    );
+
+    // What kafka-go's metadata cache held: every topic once per answer; the topic
+    // with 6 partitions, led by a source broker and then by a target one.
+    let md = &producer["metadata"];
+    let view = &md["topics"][KGO];
+    assert!(
+        md["samples"].as_u64().unwrap_or(0) > 10,
+        "metadata samples: {md}"
+    );
+    assert_eq!(md["failed"].as_u64(), Some(0), "metadata: {md}");
+    assert_eq!(
+        md["repeated"],
+        serde_json::json!([]),
+        "topics listed twice: {md}"
+    );
+    assert_eq!(
+        view["max_listed"].as_u64(),
+        Some(1),
+        "{KGO} listed once: {md}"
+    );
+    assert_eq!(
+        view["partitions"],
+        serde_json::json!([6]),
+        "{KGO} partitions: {md}"
+    );
+    let leaders: Vec<i64> = view["leaders"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    assert!(
+        leaders.iter().any(|l| *l < TARGET_OFFSET as i64)
+            && leaders.iter().any(|l| *l > TARGET_OFFSET as i64),
+        "{KGO} led by a source broker, then a target one: {leaders:?}"
+    );
+
+    assert_read_source_only(
+        "kafka-go group",
+        &group,
+        &read_lines(&seen_file),
+        &on_cluster(&stored, "source", &[KGO]),
+        &on_cluster(&stored, "target", &[KGO]),
+    );
+    let closed = closed_since(proxy, log_from);
+    assert!(
+        closed.is_empty(),
+        "connections closed with an error: {closed:#?}"
+    );
+}
+
+const KGO_IN: &str = "kgo-in";
+const KGO_OUT: &str = "kgo-out";
+
+/// A kafka-go application that reads one topic and writes another (its reader and
+/// writer share kafka-go's default client id, so the proxy sees one identity that
+/// writes) starts its consumer group after the topic it reads has moved its writes
+/// to the target. The group is routed to the source, so it must read the source.
+///
+/// kafka-go's reader looks up each partition's leader with a Metadata request on a
+/// fresh connection, then asks that leader for offsets and records. A control run
+/// of the same application with a client id of its own for the reader comes first.
+pub fn kafka_go_reader_that_writes_after_a_flip(env: &TwoClusters) {
+    let (source, target, proxy) = (&env.source, &env.target, &env.proxy);
+    for t in [KGO_IN, KGO_OUT] {
+        create_topic_direct(source, t, 3);
+        create_topic_direct(target, t, 3);
+    }
+    let routes = Routes::new(env);
+    let dir = scratch("clients-kafkago-restart");
+    let bootstrap = &proxy.bootstrap;
+    // Another application writes kgo-in, before and after its writes move.
+    kafkago_produce(bootstrap, KGO_IN, 300, "in-before", Some(ORDERS_APP));
+    routes.set(&format!(
+        "[routes.topics.\"{KGO_IN}\"]\nproduce = \"target\"\nconsume = \"source\"\n"
+    ));
+    kafkago_produce(bootstrap, KGO_IN, 300, "in-after", Some(ORDERS_APP));
+    // This application's writer, with the default client id.
+    kafkago_produce(bootstrap, KGO_OUT, 100, "out", None);
+
+    let mut stored = Stored::default();
+    stored.load("source", &source.bootstrap(), KGO_IN);
+    stored.load("target", &target.bootstrap(), KGO_IN);
+    let on_source = on_cluster(&stored, "source", &[KGO_IN]);
+    let on_target = on_cluster(&stored, "target", &[KGO_IN]);
+    assert_eq!(
+        (on_source.len(), on_target.len()),
+        (300, 300),
+        "kgo-in before and after the flip"
+    );
+
+    let control_seen = dir.join("control.seen");
+    let _ = std::fs::remove_file(&control_seen);
+    let control = kafkago_consume(
+        bootstrap,
+        KGO_IN,
+        "kgo-in-control",
+        300,
+        &control_seen,
+        Some("kgo-in-reader"),
+    );
+    assert_read_source_only(
+        "reader with its own client id",
+        &control,
+        &read_lines(&control_seen),
+        &on_source,
+        &on_target,
+    );
+
+    let seen_file = dir.join("group.seen");
+    let _ = std::fs::remove_file(&seen_file);
+    let log_from = proxy.log_text().len();
+    let target_listener = format!("listener=\"broker-{}\"", TARGET_OFFSET + 1);
+    let group = kafkago_consume(bootstrap, KGO_IN, "kgo-in-readers", 300, &seen_file, None);
+    let refused = proxy
+        .log_text()
+        .get(log_from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains(&target_listener))
+        .count();
+    eprintln!("connections closed on the target's broker listener while the reader ran: {refused}");
+    assert_read_source_only(
+        "reader sharing the writer's client id",
+        &group,
+        &read_lines(&seen_file),
+        &on_source,
+        &on_target,
     );
 }
 
