@@ -372,6 +372,8 @@ func runProduce(args []string) {
 			select {
 			case <-tick.C:
 			case <-stopSampling:
+				// What the cache held when the last batch completed.
+				sampleMetadata(ctx, client, md, start)
 				return
 			case <-ctx.Done():
 				return
@@ -403,7 +405,19 @@ func runProduce(args []string) {
 		}
 		sent++
 	}
-	// Close flushes every pending batch and waits for its completion.
+	// Every batch completes (or fails) before the cache is sampled a last time;
+	// Close, which flushes what is left, also drops the transport's cache.
+	for waited := time.Duration(0); waited < 60*time.Second; waited += 10 * time.Millisecond {
+		mu.Lock()
+		done := acked+failed >= sent
+		mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stopSampling)
+	<-sampleDone
 	closed := make(chan error, 1)
 	go func() { closed <- w.Close() }()
 	select {
@@ -414,8 +428,6 @@ func runProduce(args []string) {
 	case <-time.After(60 * time.Second):
 		log.Printf("produce: close did not return in 60 s")
 	}
-	close(stopSampling)
-	<-sampleDone
 	stats := w.Stats()
 
 	mu.Lock()
