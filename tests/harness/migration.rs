@@ -79,20 +79,20 @@ pub fn create_topic_direct(cluster: &Cluster, topic: &str, partitions: u32) {
     assert_eq!(v["ok"], Value::Bool(true), "create topic {topic}: {v}");
 }
 
-fn post(proxy: &Proxy, path: &str) -> (u16, Value) {
+pub(super) fn post(proxy: &Proxy, path: &str) -> (u16, Value) {
     let (code, body) = proxy.http("POST", path);
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// Values (`key|seq`) with where they were stored.
 #[derive(Default)]
-struct Stored {
+pub(super) struct Stored {
     /// value -> list of (cluster, topic, partition, offset)
-    at: HashMap<String, Vec<(&'static str, String, i32, i64)>>,
+    pub(super) at: HashMap<String, Vec<(&'static str, String, i32, i64)>>,
 }
 
 impl Stored {
-    fn load(&mut self, cluster: &'static str, bootstrap: &str, topic: &str) -> usize {
+    pub(super) fn load(&mut self, cluster: &'static str, bootstrap: &str, topic: &str) -> usize {
         let recs = rdk::dump(bootstrap, topic);
         let n = recs.len();
         for r in recs {

@@ -1,6 +1,7 @@
 //! Real-Kafka test harness (TESTING.md): Apache Kafka brokers started from Maven
 //! Central jars with plain `java -cp`, the `switchyard` binary in front of them, and
-//! client drivers written by other people (Java kafka-clients, librdkafka, franz-go).
+//! client drivers written by other people (Java kafka-clients, librdkafka, franz-go,
+//! kafka-go).
 //!
 //! Every process is started under `tests/kafka/guard.sh`, which kills it when the
 //! test binary exits, even when a test panics or the harness is killed: statics are
@@ -8,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod groups;
 pub mod migration;
 pub mod rdk;
@@ -1000,6 +1002,24 @@ pub fn go_driver(args: &[&str]) -> Value {
     let mut cmd = Command::new(bin);
     cmd.args(args).args(["-log-level", "warn"]);
     driver_json(cmd, "franz-go driver")
+}
+
+/// Runs the segmentio/kafka-go driver and returns its JSON summary.
+pub fn kafkago_driver(args: &[&str]) -> Value {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        let dir = repo().join("tests/clients/kafkago");
+        run_ok(
+            Command::new("go")
+                .current_dir(&dir)
+                .args(["build", "-o", "kafkago-driver", "."]),
+            "go build kafkago-driver",
+        );
+        dir.join("kafkago-driver")
+    });
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    driver_json(cmd, "kafka-go driver")
 }
 
 fn driver_json(mut cmd: Command, what: &str) -> Value {

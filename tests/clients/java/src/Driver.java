@@ -6,7 +6,7 @@
 // Build:  javac -d classes -cp "$(cat classpath.txt)" src/*.java
 // Run:    java -Xmx256m -cp "classes:$(cat classpath.txt)" Driver <subcommand> [--opt value]...
 //
-// Subcommands: produce, consume, admin, create-topic (see usage() below).
+// Subcommands: produce, consume, admin, admin-view, create-topic (see usage() below).
 //
 // Exit codes: 0 when the run did what it was asked, even if the counts reveal
 // problems (the tests judge the counts); 1 for fatal crashes (JSON still
@@ -109,6 +109,7 @@ public final class Driver {
                 case "produce": r = produce(args); break;
                 case "consume": r = consume(args); break;
                 case "admin": r = admin(args); break;
+                case "admin-view": r = adminView(args); break;
                 case "create-topic": r = createTopic(args); break;
                 default: throw new UsageException("unknown subcommand '" + op + "'");
             }
@@ -138,10 +139,11 @@ public final class Driver {
             "  produce --bootstrap B --topic T[,T2...] --count N --keys K [--idempotent true|false] [--acks all]",
             "          [--linger-ms 5] [--rate R (0=unlimited)] [--key-prefix k] [--seq-start 0]",
             "          [--timeout-s 120] [--max-in-flight 5] [--prop k=v]...",
-            "  consume --bootstrap B --topic T[,T2...] --group G --members M --expect N [--timeout-s 120]",
+            "  consume --bootstrap B (--topic T[,T2...] | --pattern REGEX) --group G --members M --expect N [--timeout-s 120]",
             "          [--seen-file PATH] [--stop-after X] [--assignor range|cooperative-sticky|roundrobin|sticky]",
             "          [--auto-offset-reset earliest] [--prop k=v]...",
             "  admin --bootstrap B --topic T [--partitions 6] [--replication 3] [--group G] [--timeout-s 120]",
+            "  admin-view --bootstrap B --topics T[,T2...] [--group G] [--timeout-s 60]",
             "  create-topic --bootstrap B --topic T --partitions P --replication R [--timeout-s 60]",
             "  --prop k=v (repeatable) overrides any client config property.");
     }
@@ -294,6 +296,8 @@ public final class Driver {
         final long stopAfter;            // 0 = no limit
         final Set<String> seen = new HashSet<>();      // "key|seq"
         final Map<String, Long> maxSeq = new HashMap<>();
+        final Map<String, Long> perTopic = new java.util.TreeMap<>();   // records processed per topic
+        final Set<String> assignedTopics = new java.util.TreeSet<>();  // topics any member was given
         long consumed;                   // records processed in this run
         long duplicates;
         long orderViolations;
@@ -330,6 +334,7 @@ public final class Driver {
                 if (stopAfter > 0 && consumed >= stopAfter) break;
                 consumed++;
                 memberCount[0]++;
+                perTopic.merge(r.topic(), 1L, Long::sum);
                 commit.put(new TopicPartition(r.topic(), r.partition()), new OffsetAndMetadata(r.offset() + 1));
                 String value = r.value();
                 String[] kv = value == null ? null : split(value);
@@ -365,10 +370,20 @@ public final class Driver {
     }
 
     static Result consume(Args a) throws UsageException, IOException {
-        a.allow("bootstrap", "topic", "group", "members", "expect", "timeout-s", "seen-file",
+        a.allow("bootstrap", "topic", "pattern", "group", "members", "expect", "timeout-s", "seen-file",
                 "stop-after", "assignor", "auto-offset-reset", "keep-positions", "prop");
         String bootstrap = a.req("bootstrap");
-        String topic = a.req("topic");
+        // Either a topic list or a regex: a pattern subscription finds its topics in
+        // all-topics metadata, as applications that subscribe by prefix do.
+        String pattern = a.str("pattern", null);
+        String topic = pattern == null ? a.req("topic") : a.str("topic", null);
+        if (pattern != null && topic != null) throw new UsageException("--topic and --pattern exclude each other");
+        java.util.regex.Pattern compiled;
+        try {
+            compiled = pattern == null ? null : java.util.regex.Pattern.compile(pattern);
+        } catch (java.util.regex.PatternSyntaxException e) {
+            throw new UsageException("--pattern: " + e.getDescription());
+        }
         String group = a.req("group");
         int members = (int) a.longReq("members");
         if (members <= 0) throw new UsageException("--members must be > 0");
@@ -436,7 +451,7 @@ public final class Driver {
                     final Map<TopicPartition, OffsetAndMetadata> pending = new HashMap<>();
                     final Map<TopicPartition, Long> held = new HashMap<>();
                     pendingRef.set(pending);
-                    c.subscribe(Arrays.asList(topic.split(",")), new ConsumerRebalanceListener() {
+                    ConsumerRebalanceListener listener = new ConsumerRebalanceListener() {
                         @Override
                         public void onPartitionsRevoked(java.util.Collection<TopicPartition> parts) {
                             if (keepPositions) {
@@ -464,6 +479,9 @@ public final class Driver {
 
                         @Override
                         public void onPartitionsAssigned(java.util.Collection<TopicPartition> parts) {
+                            synchronized (ledger) {
+                                for (TopicPartition tp : parts) ledger.assignedTopics.add(tp.topic());
+                            }
                             if (!keepPositions) return;
                             // Only partitions of the assignment just before this one
                             // are kept; anything else starts from its committed offset.
@@ -481,7 +499,12 @@ public final class Driver {
                                 held.remove(tp);
                             }
                         }
-                    });
+                    };
+                    if (compiled != null) {
+                        c.subscribe(compiled, listener);
+                    } else {
+                        c.subscribe(Arrays.asList(topic.split(",")), listener);
+                    }
                     while (!stop.get() && !ledger.done()) {
                         if (System.nanoTime() > deadline) break;
                         ConsumerRecords<String, String> batch;
@@ -572,6 +595,8 @@ public final class Driver {
         // that ignored wakeup() still processing a batch.
         long unique, consumed, duplicates, orderViolations, malformed;
         boolean goalMet;
+        Map<String, Object> perTopic = new LinkedHashMap<>();
+        List<Object> assignedTopics = new ArrayList<>();
         long[] memberConsumed = new long[members];
         synchronized (ledger) {
             unique = ledger.seen.size();
@@ -581,13 +606,18 @@ public final class Driver {
             malformed = ledger.malformed;
             goalMet = ledger.done();
             for (int m = 0; m < members; m++) memberConsumed[m] = perMember[m][0];
+            perTopic.putAll(ledger.perTopic);
+            assignedTopics.addAll(ledger.assignedTopics);
             if (seenFile != null) saveSeen(Paths.get(seenFile), ledger.seen);
         }
 
         Map<String, Object> j = base("consume");
         j.put("topic", topic);
+        j.put("pattern", pattern);
         j.put("group", group);
         j.put("consumed", consumed);
+        j.put("per_topic", perTopic);
+        j.put("assigned_topics", assignedTopics);
         j.put("unique", unique);
         j.put("preloaded", preloaded);
         j.put("duplicates", duplicates);
@@ -872,6 +902,133 @@ public final class Driver {
         Map<String, Object> j = base("admin");
         j.put("topic", topic);
         j.put("ok", steps.allOk);
+        j.put("steps", steps.list);
+        j.put("fatal", null);
+        j.put("elapsed_ms", elapsedMs(start));
+        return new Result(j, 0);
+    }
+
+    // ------------------------------------------------------------- admin-view
+
+    /**
+     * Reads what an admin tool sees, changing nothing: the listed topics, then for
+     * each of --topics its partitions with their leaders and end offsets, and for
+     * --group whether it is listed, its description and its committed offsets.
+     * Every part is a step (a failed one leaves ok=false and the rest still runs).
+     */
+    static Result adminView(Args a) throws UsageException {
+        a.allow("bootstrap", "topics", "group", "timeout-s", "prop");
+        String bootstrap = a.req("bootstrap");
+        List<String> topics = Arrays.asList(a.req("topics").split(","));
+        String group = a.str("group", null);
+        long timeoutMs = a.longOpt("timeout-s", 60) * 1000;
+        long start = System.nanoTime();
+        long deadline = start + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        Steps steps = new Steps();
+        List<Object> listed = new ArrayList<>();
+        Map<String, Object> perTopic = new LinkedHashMap<>();
+        Map<String, Object> groupView = new LinkedHashMap<>();
+
+        Properties p = adminProps(bootstrap);
+        a.applyProps(p);
+        AdminClient admin = AdminClient.create(p);
+        try {
+            step(steps, "list_topics", deadline, () -> {
+                Collection<org.apache.kafka.clients.admin.TopicListing> ls = admin.listTopics().listings()
+                        .get(callMs(deadline), TimeUnit.MILLISECONDS);
+                List<String> names = new ArrayList<>();
+                for (org.apache.kafka.clients.admin.TopicListing l : ls) names.add(l.name());
+                Collections.sort(names);
+                listed.addAll(names);
+                return names.size() + " topics";
+            });
+
+            Map<String, Integer> partitions = new HashMap<>();
+            step(steps, "describe_topics", deadline, () -> {
+                Map<String, TopicDescription> ds = admin.describeTopics(topics).allTopicNames()
+                        .get(callMs(deadline), TimeUnit.MILLISECONDS);
+                for (String t : topics) {
+                    TopicDescription d = ds.get(t);
+                    Map<String, Object> v = new LinkedHashMap<>();
+                    v.put("listed", listed.contains(t));
+                    if (d == null) {
+                        perTopic.put(t, v);
+                        continue;
+                    }
+                    List<Object> leaders = new ArrayList<>();
+                    for (TopicPartitionInfo tp : d.partitions()) {
+                        leaders.add(tp.leader() == null ? null : (Object) (long) tp.leader().id());
+                    }
+                    v.put("partitions", (long) d.partitions().size());
+                    v.put("leaders", leaders);
+                    partitions.put(t, d.partitions().size());
+                    perTopic.put(t, v);
+                }
+                return partitions.toString();
+            });
+
+            step(steps, "list_offsets", deadline, () -> {
+                Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
+                for (Map.Entry<String, Integer> e : partitions.entrySet()) {
+                    for (int i = 0; i < e.getValue(); i++) {
+                        latest.put(new TopicPartition(e.getKey(), i), OffsetSpec.latest());
+                    }
+                }
+                Map<TopicPartition, ListOffsetsResult.ListOffsetsResultInfo> l =
+                        admin.listOffsets(latest).all().get(callMs(deadline), TimeUnit.MILLISECONDS);
+                for (Map.Entry<String, Integer> e : partitions.entrySet()) {
+                    Map<String, Object> ends = new LinkedHashMap<>();
+                    for (int i = 0; i < e.getValue(); i++) {
+                        ListOffsetsResult.ListOffsetsResultInfo info = l.get(new TopicPartition(e.getKey(), i));
+                        ends.put(Integer.toString(i), info == null ? null : (Object) info.offset());
+                    }
+                    @SuppressWarnings("unchecked")
+                    Map<String, Object> v = (Map<String, Object>) perTopic.get(e.getKey());
+                    v.put("end_offsets", ends);
+                }
+                return l.size() + " partitions";
+            });
+
+            if (group != null) {
+                groupView.put("id", group);
+                step(steps, "list_groups", deadline, () -> {
+                    Collection<ConsumerGroupListing> gs = admin.listConsumerGroups().all()
+                            .get(callMs(deadline), TimeUnit.MILLISECONDS);
+                    long n = gs.stream().filter(g -> g.groupId().equals(group)).count();
+                    groupView.put("listed", n);
+                    return gs.size() + " groups, " + group + " listed " + n + " times";
+                });
+                step(steps, "describe_group", deadline, () -> {
+                    ConsumerGroupDescription d = admin.describeConsumerGroups(Collections.singletonList(group))
+                            .all().get(callMs(deadline), TimeUnit.MILLISECONDS).get(group);
+                    if (d == null) throw new StepFailed("no description returned");
+                    groupView.put("state", d.state().toString());
+                    groupView.put("members", (long) d.members().size());
+                    groupView.put("protocol", d.partitionAssignor());
+                    groupView.put("coordinator", d.coordinator() == null ? null : (Object) (long) d.coordinator().id());
+                    return "state=" + d.state() + " coordinator=" + nodeText(d.coordinator());
+                });
+                step(steps, "list_group_offsets", deadline, () -> {
+                    Map<TopicPartition, OffsetAndMetadata> offs = admin.listConsumerGroupOffsets(group)
+                            .partitionsToOffsetAndMetadata().get(callMs(deadline), TimeUnit.MILLISECONDS);
+                    Map<String, Object> committed = new java.util.TreeMap<>();
+                    for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offs.entrySet()) {
+                        committed.put(e.getKey().topic() + "/" + e.getKey().partition(),
+                                e.getValue() == null ? null : (Object) e.getValue().offset());
+                    }
+                    groupView.put("offsets", committed);
+                    return offs.size() + " partitions with committed offsets";
+                });
+            }
+        } finally {
+            closeAdmin(admin);
+        }
+
+        Map<String, Object> j = base("admin-view");
+        j.put("ok", steps.allOk);
+        j.put("listed", listed);
+        j.put("topics", perTopic);
+        j.put("group", group == null ? null : groupView);
         j.put("steps", steps.list);
         j.put("fatal", null);
         j.put("elapsed_ms", elapsedMs(start));
