@@ -908,7 +908,7 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
                     .map(move |p| (t.topic.as_str(), p.partition, p.fetch_offset))
             }),
         );
-        switches.fetch_held(&groups, &key)
+        switches.fetch_held(&groups, &key, ctx.cluster.name())
     };
     if held {
         let wait = req.max_wait_ms.clamp(0, MAX_HELD_FETCH_WAIT_MS) as u64;
@@ -1372,6 +1372,7 @@ async fn group_api(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
                         switches: ctx.proxy.group_switches.clone(),
                         group: group.clone(),
                         member: member.clone(),
+                        key: key.clone(),
                         verdict,
                     }));
                 }
@@ -1406,6 +1407,7 @@ pub struct SyncSettle {
     pub switches: Arc<crate::switch::groups::GroupSwitches>,
     pub group: String,
     pub member: String,
+    pub key: IdentityKey,
     pub verdict: SyncVerdict,
 }
 
@@ -1422,7 +1424,7 @@ pub fn rewrite_sync_settle(
     }
     settle
         .switches
-        .synced(&settle.group, &settle.member, settle.verdict);
+        .synced(&settle.group, &settle.member, &settle.key, settle.verdict);
     if settle.verdict == SyncVerdict::Pass {
         return Ok(frame);
     }

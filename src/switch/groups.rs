@@ -66,8 +66,11 @@ struct Settle {
     /// built-in assignors): the first assignment each member gets on the new
     /// cluster is answered as an empty one, then the member is asked to rejoin.
     empty_first: bool,
-    /// Members answered an empty assignment, waiting for their real one.
-    emptied: HashSet<String>,
+    /// Members answered an empty assignment, waiting for their real one, with
+    /// their identity.
+    emptied: HashMap<String, IdentityKey>,
+    /// Identities with a member holding its real assignment on the new cluster.
+    settled_keys: HashSet<IdentityKey>,
     /// Members whose next heartbeat is answered REBALANCE_IN_PROGRESS.
     rejoin: HashSet<String>,
     /// Members that hold their real assignment on the new cluster; only they commit.
@@ -229,18 +232,29 @@ impl GroupSwitches {
         });
     }
 
-    /// Whether a fetch by `key` (linked to `groups`) must be held: one of its groups
-    /// is quiescing or has flipped and this identity has not rejoined yet.
-    pub fn fetch_held(&self, groups: &[String], key: &IdentityKey) -> bool {
+    /// Whether a fetch by `key` (linked to `groups`) on `here` must be held: one of
+    /// its groups is quiescing or has flipped and this identity has not rejoined
+    /// yet; or, on the group's new cluster until the switch is done, the identity
+    /// has no member holding its real assignment there yet, or has one still
+    /// waiting for it. A cooperative member keeps fetching the partitions it still
+    /// owns between its JoinGroup and its SyncGroup, at positions of the old
+    /// cluster; those fetches get no records.
+    pub fn fetch_held(&self, groups: &[String], key: &IdentityKey, here: &str) -> bool {
         self.with(|live| {
             let mut held = false;
             for g in groups {
                 if let Some(l) = live.get_mut(g) {
-                    if (Phase::Quiescing..=Phase::Flipped).contains(&l.phase)
-                        && !l.rejoined.contains(key)
-                    {
+                    let switching = (Phase::Quiescing..=Phase::Flipped).contains(&l.phase);
+                    if switching && !l.rejoined.contains(key) {
                         l.held.insert(key.clone());
                         held = true;
+                    }
+                    if let Some(s) = l.settle.as_ref().filter(|s| s.to == here) {
+                        let unsettled =
+                            !s.settled_keys.contains(key) || s.emptied.values().any(|k| k == key);
+                        if switching && unsettled {
+                            held = true;
+                        }
                     }
                 }
             }
@@ -348,7 +362,8 @@ impl GroupSwitches {
                 l.settle = Some(Settle {
                     to: to.to_string(),
                     empty_first: PLAIN_ASSIGNORS.contains(&assignor),
-                    emptied: HashSet::new(),
+                    emptied: HashMap::new(),
+                    settled_keys: HashSet::new(),
                     rejoin: HashSet::new(),
                     settled: HashSet::new(),
                     expect: translated.filter(|(_, o)| *o >= 0).collect(),
@@ -363,7 +378,7 @@ impl GroupSwitches {
             let Some(s) = live.get_mut(group).and_then(|l| l.settle.as_mut()) else {
                 return SyncVerdict::Pass;
             };
-            if s.to != here || !s.empty_first || s.emptied.contains(member) {
+            if s.to != here || !s.empty_first || s.emptied.contains_key(member) {
                 return SyncVerdict::Pass;
             }
             if s.settled.contains(member) {
@@ -375,18 +390,19 @@ impl GroupSwitches {
 
     /// The broker accepted `member`'s SyncGroup on the new cluster and the member
     /// was given `verdict`'s answer.
-    pub fn synced(&self, group: &str, member: &str, verdict: SyncVerdict) {
+    pub fn synced(&self, group: &str, member: &str, key: &IdentityKey, verdict: SyncVerdict) {
         self.with(|live| {
             if let Some(s) = live.get_mut(group).and_then(|l| l.settle.as_mut()) {
                 match verdict {
                     SyncVerdict::Empty => {
-                        s.emptied.insert(member.to_string());
+                        s.emptied.insert(member.to_string(), key.clone());
                         s.rejoin.insert(member.to_string());
                     }
                     SyncVerdict::Pass => {
                         s.emptied.remove(member);
                         s.rejoin.remove(member);
                         s.settled.insert(member.to_string());
+                        s.settled_keys.insert(key.clone());
                     }
                 }
             }
@@ -440,7 +456,7 @@ impl GroupSwitches {
         self.with(
             |live| match live.get(group).and_then(|l| l.settle.as_ref()) {
                 Some(s) => {
-                    let mut members: Vec<String> = s.emptied.iter().cloned().collect();
+                    let mut members: Vec<String> = s.emptied.keys().cloned().collect();
                     members.sort();
                     let mut parts: Vec<(String, i32)> = s.expect.keys().cloned().collect();
                     parts.sort();
@@ -477,10 +493,10 @@ mod tests {
         s.start("g", "source", Phase::Waiting, 1);
         assert!(s.busy());
         let groups = vec!["g".to_string()];
-        assert!(!s.fetch_held(&groups, &key("a")));
+        assert!(!s.fetch_held(&groups, &key("a"), "target"));
         s.set_phase("g", Phase::Quiescing);
         s.set_eager("g", true);
-        assert!(s.fetch_held(&groups, &key("a")));
+        assert!(s.fetch_held(&groups, &key("a"), "target"));
         assert!(matches!(
             s.verdict("g", ApiKey::Heartbeat, "m1", "source"),
             Verdict::Rebalance
@@ -506,10 +522,10 @@ mod tests {
             Verdict::Forward
         ));
         // Held until the identity rejoins on the new cluster.
-        assert!(s.fetch_held(&groups, &key("a")));
+        assert!(s.fetch_held(&groups, &key("a"), "target"));
         assert!(!s.all_rejoined("g"));
         s.rejoined("g", &key("a"));
-        assert!(!s.fetch_held(&groups, &key("a")));
+        assert!(!s.fetch_held(&groups, &key("a"), "target"));
         assert!(s.all_rejoined("g"));
         s.finish("g", 2, Release::Flipped);
         assert!(
@@ -550,7 +566,7 @@ mod tests {
         assert!(s.commit_fenced("g", "m1", "target"));
         assert!(!s.commit_fenced("g", "", "target"), "admin commits pass");
         assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Empty);
-        s.synced("g", "m1", SyncVerdict::Empty);
+        s.synced("g", "m1", &key("a"), SyncVerdict::Empty);
         for _ in 0..3 {
             assert!(matches!(
                 s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
@@ -558,8 +574,13 @@ mod tests {
             ));
         }
         assert!(s.commit_fenced("g", "m1", "target"));
-        // First fetches are audited once per partition.
+        // Its fetches on the new cluster get no records until then, even once it
+        // rejoined (a cooperative member fetches what it still owns).
         let groups = vec!["g".to_string()];
+        s.rejoined("g", &key("a"));
+        assert!(s.fetch_held(&groups, &key("a"), "target"));
+        assert!(!s.fetch_held(&groups, &key("a"), "source"));
+        // First fetches are audited once per partition.
         let bad = s.audit(&groups, "target", [("t", 0, 40), ("t", 1, 99)].into_iter());
         assert_eq!(bad, vec![("g".into(), "t".into(), 1, 99, 7)]);
         assert!(s
@@ -577,7 +598,7 @@ mod tests {
         assert_eq!(s.unsettled("g").0, vec!["m1".to_string()]);
         // The rejoin brings the real assignment.
         assert_eq!(s.sync_verdict("g", "m1", "target"), SyncVerdict::Pass);
-        s.synced("g", "m1", SyncVerdict::Pass);
+        s.synced("g", "m1", &key("a"), SyncVerdict::Pass);
         assert!(matches!(
             s.verdict("g", ApiKey::Heartbeat, "m1", "target"),
             Verdict::Forward
@@ -601,7 +622,7 @@ mod tests {
             SyncVerdict::Pass
         );
         assert!(s.commit_fenced("streams-app", "m1", "target"));
-        s.synced("streams-app", "m1", SyncVerdict::Pass);
+        s.synced("streams-app", "m1", &key("a"), SyncVerdict::Pass);
         assert!(!s.commit_fenced("streams-app", "m1", "target"));
     }
 }
