@@ -927,7 +927,10 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
             switches.audit(&groups, &here, positions)
         {
             metrics::position_mismatch(&group);
-            tracing::warn!(%group, %topic, partition, fetched, translated, cluster = %here, "first fetch on the new cluster is not at the translated offset");
+            // The client id tells an operator (and the next investigation) which
+            // member fetched there; it is the client's text, so it goes quoted.
+            let client = frame.header.client_id.as_ref().map(|c| c.as_str());
+            tracing::warn!(%group, %topic, partition, fetched, translated, cluster = %here, client = ?client, session_epoch = req.session_epoch, "first fetch on the new cluster is not at the translated offset");
         }
     }
     let elsewhere = not_here(&ctx.routes, groups, &here);
