@@ -26,17 +26,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
 use kafka_protocol::messages::{
-    alter_configs_response, incremental_alter_configs_response, AlterConfigsRequest,
-    AlterConfigsResponse, ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, TopicName,
+    alter_configs_request, alter_configs_response, incremental_alter_configs_request,
+    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse, ApiKey,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -144,9 +148,11 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
         ApiKey::CreateTopics => create_topics(ctx, frame).await,
         ApiKey::DeleteTopics => delete_topics(ctx, frame).await,
         ApiKey::CreatePartitions => create_partitions(ctx, frame).await,
-        ApiKey::DescribeConfigs => describe_configs(ctx, frame).await,
-        ApiKey::AlterConfigs => alter_configs(ctx, frame).await,
-        ApiKey::IncrementalAlterConfigs => incremental_alter_configs(ctx, frame).await,
+        ApiKey::DescribeConfigs => configs::<DescribeConfigsRequest>(ctx, frame).await,
+        ApiKey::AlterConfigs => configs::<AlterConfigsRequest>(ctx, frame).await,
+        ApiKey::IncrementalAlterConfigs => {
+            configs::<IncrementalAlterConfigsRequest>(ctx, frame).await
+        }
         _ => Ok(None),
     }
 }
@@ -212,6 +218,70 @@ const TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
 
 // ------------------------------------------------------------------ topics
 
+/// One topic-admin API whose request is a list of entries answered one result
+/// each: how to split it, and how to merge the answers (see [`fan_out`]).
+trait Fanned: Encodable + Clone {
+    type Entry: Clone;
+    type Resp: Decodable + Encodable + Default;
+    type Result;
+    fn with_entries(&self, entries: Vec<Self::Entry>) -> Self;
+    fn entry_name(entry: &Self::Entry) -> &StrBytes;
+    /// The answer's throttle time and results.
+    fn results(resp: Self::Resp) -> (i32, Vec<Self::Result>);
+    fn result_name(result: &mut Self::Result) -> &mut StrBytes;
+    /// Whether an answer says the controller moved.
+    fn not_controller(_resp: &Self::Resp) -> bool {
+        false
+    }
+    /// The result for an entry whose cluster did not answer.
+    fn failed(entry: &Self::Entry, name: StrBytes, message: Option<StrBytes>) -> Self::Result;
+    fn merged(throttle_time_ms: i32, results: Vec<Self::Result>) -> Self::Resp;
+}
+
+/// Sends each part of `split` to its destination and merges the answers under the
+/// names the client used; a part whose cluster does not answer gets
+/// REQUEST_TIMED_OUT for each entry.
+async fn fan_out<R: Fanned>(
+    ctx: &Ctx<'_>,
+    frame: &RequestFrame,
+    req: &R,
+    split: Split<R::Entry>,
+    timeout: Duration,
+) -> Result<Option<Action>, RouteError> {
+    let (mut throttle, mut results) = (0, Vec::new());
+    for (dest, entries) in split.parts {
+        let (sent, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let part = req.with_entries(sent.clone());
+        let answer: Result<R::Resp, _> = send(
+            ctx,
+            &dest,
+            frame.api,
+            frame.version(),
+            &part,
+            timeout,
+            R::not_controller,
+        )
+        .await;
+        match answer {
+            Ok(resp) => {
+                let (t, answered) = R::results(resp);
+                throttle = throttle.max(t);
+                for mut r in answered {
+                    let name = R::result_name(&mut r);
+                    *name = client_name(&sent, &names, name, R::entry_name);
+                    results.push(r);
+                }
+            }
+            Err(e) => {
+                for (entry, name) in sent.iter().zip(names) {
+                    results.push(R::failed(entry, name, unreachable_message(&dest, &e)));
+                }
+            }
+        }
+    }
+    respond(frame, &R::merged(throttle, results))
+}
+
 async fn create_topics(
     ctx: &mut Ctx<'_>,
     frame: &RequestFrame,
@@ -229,41 +299,39 @@ async fn create_topics(
         return Ok(None);
     }
     let timeout = part_timeout(ctx, req.timeout_ms);
-    let mut merged = CreateTopicsResponse::default();
-    for (dest, entries) in split.parts {
-        let (topics, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let part = req.clone().with_topics(topics);
-        let answer = send(
-            ctx,
-            &dest,
-            frame.api,
-            frame.version(),
-            &part,
-            timeout,
-            |r: &CreateTopicsResponse| r.topics.iter().any(|t| t.error_code == NOT_CONTROLLER),
-        )
-        .await;
-        match answer {
-            Ok(resp) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-                for mut t in resp.topics {
-                    t.name = TopicName(client_name(&part.topics, &names, &t.name.0, |x| &x.name.0));
-                    merged.topics.push(t);
-                }
-            }
-            Err(e) => {
-                for name in names {
-                    merged.topics.push(
-                        CreatableTopicResult::default()
-                            .with_name(TopicName(name))
-                            .with_error_code(TIMED_OUT)
-                            .with_error_message(unreachable_message(&dest, &e)),
-                    );
-                }
-            }
-        }
+    fan_out(ctx, frame, &req, split, timeout).await
+}
+
+impl Fanned for CreateTopicsRequest {
+    type Entry = CreatableTopic;
+    type Resp = CreateTopicsResponse;
+    type Result = CreatableTopicResult;
+    fn with_entries(&self, entries: Vec<CreatableTopic>) -> Self {
+        self.clone().with_topics(entries)
     }
-    respond(frame, &merged)
+    fn entry_name(entry: &CreatableTopic) -> &StrBytes {
+        &entry.name.0
+    }
+    fn results(resp: CreateTopicsResponse) -> (i32, Vec<CreatableTopicResult>) {
+        (resp.throttle_time_ms, resp.topics)
+    }
+    fn result_name(result: &mut CreatableTopicResult) -> &mut StrBytes {
+        &mut result.name.0
+    }
+    fn not_controller(resp: &CreateTopicsResponse) -> bool {
+        resp.topics.iter().any(|t| t.error_code == NOT_CONTROLLER)
+    }
+    fn failed(_: &CreatableTopic, name: StrBytes, message: Option<StrBytes>) -> Self::Result {
+        CreatableTopicResult::default()
+            .with_name(TopicName(name))
+            .with_error_code(TIMED_OUT)
+            .with_error_message(message)
+    }
+    fn merged(throttle_time_ms: i32, topics: Vec<CreatableTopicResult>) -> Self::Resp {
+        CreateTopicsResponse::default()
+            .with_throttle_time_ms(throttle_time_ms)
+            .with_topics(topics)
+    }
 }
 
 /// The name the client used for the entry the broker answered as `upstream`.
@@ -388,207 +456,158 @@ async fn create_partitions(
         return Ok(None);
     }
     let timeout = part_timeout(ctx, req.timeout_ms);
-    let mut merged = CreatePartitionsResponse::default();
-    for (dest, entries) in split.parts {
-        let (topics, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let part = req.clone().with_topics(topics);
-        let answer = send(
-            ctx,
-            &dest,
-            frame.api,
-            frame.version(),
-            &part,
-            timeout,
-            |r: &CreatePartitionsResponse| r.results.iter().any(|t| t.error_code == NOT_CONTROLLER),
-        )
-        .await;
-        match answer {
-            Ok(resp) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-                for mut t in resp.results {
-                    t.name = TopicName(client_name(&part.topics, &names, &t.name.0, |x| &x.name.0));
-                    merged.results.push(t);
-                }
-            }
-            Err(e) => {
-                for name in names {
-                    merged.results.push(
-                        CreatePartitionsTopicResult::default()
-                            .with_name(TopicName(name))
-                            .with_error_code(TIMED_OUT)
-                            .with_error_message(unreachable_message(&dest, &e)),
-                    );
-                }
-            }
-        }
+    fan_out(ctx, frame, &req, split, timeout).await
+}
+
+impl Fanned for CreatePartitionsRequest {
+    type Entry = CreatePartitionsTopic;
+    type Resp = CreatePartitionsResponse;
+    type Result = CreatePartitionsTopicResult;
+    fn with_entries(&self, entries: Vec<CreatePartitionsTopic>) -> Self {
+        self.clone().with_topics(entries)
     }
-    respond(frame, &merged)
+    fn entry_name(entry: &CreatePartitionsTopic) -> &StrBytes {
+        &entry.name.0
+    }
+    fn results(resp: CreatePartitionsResponse) -> (i32, Vec<CreatePartitionsTopicResult>) {
+        (resp.throttle_time_ms, resp.results)
+    }
+    fn result_name(result: &mut CreatePartitionsTopicResult) -> &mut StrBytes {
+        &mut result.name.0
+    }
+    fn not_controller(resp: &CreatePartitionsResponse) -> bool {
+        resp.results.iter().any(|t| t.error_code == NOT_CONTROLLER)
+    }
+    fn failed(
+        _: &CreatePartitionsTopic,
+        name: StrBytes,
+        message: Option<StrBytes>,
+    ) -> Self::Result {
+        CreatePartitionsTopicResult::default()
+            .with_name(TopicName(name))
+            .with_error_code(TIMED_OUT)
+            .with_error_message(message)
+    }
+    fn merged(throttle_time_ms: i32, results: Vec<CreatePartitionsTopicResult>) -> Self::Resp {
+        CreatePartitionsResponse::default()
+            .with_throttle_time_ms(throttle_time_ms)
+            .with_results(results)
+    }
 }
 
 // ----------------------------------------------------------------- configs
 
-/// Splits config resources (type, name) by destination; `None` when they can go up
-/// as they are.
-macro_rules! split_resources {
-    ($ctx:expr, $resources:expr) => {{
-        let mut split = Split::new();
-        for mut r in $resources {
-            let client = r.resource_name.clone();
-            let (dest, name) = $ctx.config_dest(r.resource_type, &client);
-            split.rewrite |= !$ctx.is_here(&dest) || name != client.as_str();
-            r.resource_name = str_bytes(name);
-            split.push(dest, r, client);
-        }
-        split
-    }};
-}
-
-async fn describe_configs(
-    ctx: &mut Ctx<'_>,
-    frame: &RequestFrame,
-) -> Result<Option<Action>, RouteError> {
-    let req: DescribeConfigsRequest = frame.decode()?;
-    let split = split_resources!(ctx, req.resources.clone());
+/// DescribeConfigs, AlterConfigs and IncrementalAlterConfigs: config resources
+/// (type, name) split by destination, sent to any broker of a topic's cluster or
+/// to the broker a broker resource names.
+async fn configs<R>(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError>
+where
+    R: ConfigRequest + Decodable,
+    R::Entry: ConfigResource,
+{
+    let req: R = frame.decode()?;
+    let mut split = Split::new();
+    for mut r in req.entries() {
+        let client = r.name().clone();
+        let (dest, name) = ctx.config_dest(r.resource_type(), &client);
+        split.rewrite |= !ctx.is_here(&dest) || name != client.as_str();
+        *r.name_mut() = str_bytes(name);
+        split.push(dest, r, client);
+    }
     if !split.rewrite {
         return Ok(None);
     }
     let timeout = ctx.proxy.config().proxy.request_timeout;
-    let mut merged = DescribeConfigsResponse::default();
-    for (dest, entries) in split.parts {
-        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let part = req.clone().with_resources(resources);
-        let answer: Result<DescribeConfigsResponse, _> = send(
-            ctx,
-            &dest,
-            frame.api,
-            frame.version(),
-            &part,
-            timeout,
-            |_| false,
-        )
-        .await;
-        match answer {
-            Ok(resp) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-                for mut r in resp.results {
-                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
-                        &x.resource_name
-                    });
-                    merged.results.push(r);
-                }
-            }
-            Err(e) => {
-                for (res, name) in part.resources.iter().zip(names) {
-                    merged.results.push(
-                        DescribeConfigsResult::default()
-                            .with_resource_type(res.resource_type)
-                            .with_resource_name(name)
-                            .with_error_code(TIMED_OUT)
-                            .with_error_message(unreachable_message(&dest, &e)),
-                    );
-                }
-            }
-        }
-    }
-    respond(frame, &merged)
+    fan_out(ctx, frame, &req, split, timeout).await
 }
 
-async fn alter_configs(
-    ctx: &mut Ctx<'_>,
-    frame: &RequestFrame,
-) -> Result<Option<Action>, RouteError> {
-    let req: AlterConfigsRequest = frame.decode()?;
-    let split = split_resources!(ctx, req.resources.clone());
-    if !split.rewrite {
-        return Ok(None);
-    }
-    let timeout = ctx.proxy.config().proxy.request_timeout;
-    let mut merged = AlterConfigsResponse::default();
-    for (dest, entries) in split.parts {
-        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let part = req.clone().with_resources(resources);
-        let answer: Result<AlterConfigsResponse, _> = send(
-            ctx,
-            &dest,
-            frame.api,
-            frame.version(),
-            &part,
-            timeout,
-            |_| false,
-        )
-        .await;
-        match answer {
-            Ok(resp) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-                for mut r in resp.responses {
-                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
-                        &x.resource_name
-                    });
-                    merged.responses.push(r);
-                }
-            }
-            Err(e) => {
-                for (res, name) in part.resources.iter().zip(names) {
-                    merged.responses.push(
-                        alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_resource_type(res.resource_type)
-                            .with_resource_name(name)
-                            .with_error_code(TIMED_OUT)
-                            .with_error_message(unreachable_message(&dest, &e)),
-                    );
-                }
-            }
-        }
-    }
-    respond(frame, &merged)
+/// A config resource of any of the three config APIs.
+trait ConfigResource {
+    fn resource_type(&self) -> i8;
+    fn name(&self) -> &StrBytes;
+    fn name_mut(&mut self) -> &mut StrBytes;
 }
 
-async fn incremental_alter_configs(
-    ctx: &mut Ctx<'_>,
-    frame: &RequestFrame,
-) -> Result<Option<Action>, RouteError> {
-    let req: IncrementalAlterConfigsRequest = frame.decode()?;
-    let split = split_resources!(ctx, req.resources.clone());
-    if !split.rewrite {
-        return Ok(None);
-    }
-    let timeout = ctx.proxy.config().proxy.request_timeout;
-    let mut merged = IncrementalAlterConfigsResponse::default();
-    for (dest, entries) in split.parts {
-        let (resources, names): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let part = req.clone().with_resources(resources);
-        let answer: Result<IncrementalAlterConfigsResponse, _> = send(
-            ctx,
-            &dest,
-            frame.api,
-            frame.version(),
-            &part,
-            timeout,
-            |_| false,
-        )
-        .await;
-        match answer {
-            Ok(resp) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
-                for mut r in resp.responses {
-                    r.resource_name = client_name(&part.resources, &names, &r.resource_name, |x| {
-                        &x.resource_name
-                    });
-                    merged.responses.push(r);
-                }
+/// The resources of a config request.
+trait ConfigRequest: Fanned {
+    fn entries(&self) -> Vec<Self::Entry>;
+}
+
+/// Implements [`ConfigResource`] for a resource type and [`Fanned`] and
+/// [`ConfigRequest`] for its request: the three config APIs differ only in names.
+macro_rules! config_api {
+    ($req:ty, $resource:ty, $resp:ty, $result:ty, $results:ident, $with_results:ident) => {
+        impl ConfigResource for $resource {
+            fn resource_type(&self) -> i8 {
+                self.resource_type
             }
-            Err(e) => {
-                for (res, name) in part.resources.iter().zip(names) {
-                    merged.responses.push(
-                        incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_resource_type(res.resource_type)
-                            .with_resource_name(name)
-                            .with_error_code(TIMED_OUT)
-                            .with_error_message(unreachable_message(&dest, &e)),
-                    );
-                }
+            fn name(&self) -> &StrBytes {
+                &self.resource_name
+            }
+            fn name_mut(&mut self) -> &mut StrBytes {
+                &mut self.resource_name
             }
         }
-    }
-    respond(frame, &merged)
+
+        impl ConfigRequest for $req {
+            fn entries(&self) -> Vec<$resource> {
+                self.resources.clone()
+            }
+        }
+
+        impl Fanned for $req {
+            type Entry = $resource;
+            type Resp = $resp;
+            type Result = $result;
+            fn with_entries(&self, entries: Vec<$resource>) -> Self {
+                self.clone().with_resources(entries)
+            }
+            fn entry_name(entry: &$resource) -> &StrBytes {
+                &entry.resource_name
+            }
+            fn results(resp: $resp) -> (i32, Vec<$result>) {
+                (resp.throttle_time_ms, resp.$results)
+            }
+            fn result_name(result: &mut $result) -> &mut StrBytes {
+                &mut result.resource_name
+            }
+            fn failed(entry: &$resource, name: StrBytes, message: Option<StrBytes>) -> $result {
+                <$result>::default()
+                    .with_resource_type(entry.resource_type)
+                    .with_resource_name(name)
+                    .with_error_code(TIMED_OUT)
+                    .with_error_message(message)
+            }
+            fn merged(throttle_time_ms: i32, results: Vec<$result>) -> $resp {
+                <$resp>::default()
+                    .with_throttle_time_ms(throttle_time_ms)
+                    .$with_results(results)
+            }
+        }
+    };
 }
+
+config_api!(
+    DescribeConfigsRequest,
+    DescribeConfigsResource,
+    DescribeConfigsResponse,
+    DescribeConfigsResult,
+    results,
+    with_results
+);
+config_api!(
+    AlterConfigsRequest,
+    alter_configs_request::AlterConfigsResource,
+    AlterConfigsResponse,
+    alter_configs_response::AlterConfigsResourceResponse,
+    responses,
+    with_responses
+);
+config_api!(
+    IncrementalAlterConfigsRequest,
+    incremental_alter_configs_request::AlterConfigsResource,
+    IncrementalAlterConfigsResponse,
+    incremental_alter_configs_response::AlterConfigsResourceResponse,
+    responses,
+    with_responses
+);
