@@ -82,6 +82,10 @@ pub struct Session {
     /// its last full fetch and of every incremental one since. The broker keeps the
     /// session's partitions, so an incremental fetch may name none of them.
     fetch_session: std::collections::HashSet<String>,
+    /// The routing table and groups `fetch_session` was last found all-here
+    /// under: while neither changed (and no topic joined), an incremental fetch
+    /// needs no check. The table is held, so its address cannot be reused.
+    fetch_session_checked: Option<(Arc<RouteTable>, Vec<String>)>,
 }
 
 /// At most this many topics are remembered per fetch session; past it, every
@@ -98,6 +102,7 @@ impl Session {
             key: None,
             sasl: super::sasl::SaslState::Start,
             fetch_session: std::collections::HashSet::new(),
+            fetch_session_checked: None,
         }
     }
 
@@ -933,29 +938,42 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
             tracing::warn!(%group, %topic, partition, fetched, translated, cluster = %here, client = ?client, session_epoch = req.session_epoch, "first fetch on the new cluster is not at the translated offset");
         }
     }
-    let elsewhere = not_here(&ctx.routes, groups, &here);
     // An incremental fetch names only what changed; the broker still serves every
     // partition of the session. When any topic the session may hold is read
     // elsewhere now, the session is ended: FETCH_SESSION_ID_NOT_FOUND makes the
     // client drop it and send a full fetch, which is steered like any other.
     let incremental = frame.version() >= 7 && req.session_id > 0 && req.session_epoch > 0;
+    let unchanged = ctx
+        .session
+        .fetch_session_checked
+        .as_ref()
+        .is_some_and(|(routes, g)| Arc::ptr_eq(routes, &ctx.routes) && *g == groups);
+    let checked = (incremental && !unchanged).then(|| (ctx.routes.clone(), groups.clone()));
+    let elsewhere = not_here(&ctx.routes, groups, &here);
     if incremental
         && (ctx.session.fetch_session.len() >= MAX_SESSION_TOPICS
-            || ctx
-                .session
-                .fetch_session
-                .iter()
-                .any(|t| elsewhere.elsewhere(t)))
+            || (!unchanged
+                && ctx
+                    .session
+                    .fetch_session
+                    .iter()
+                    .any(|t| elsewhere.elsewhere(t))))
     {
         ctx.session.fetch_session.clear();
+        ctx.session.fetch_session_checked = None;
         metrics::steered("Fetch", &here);
         let resp = FetchResponse::default()
             .with_error_code(ResponseError::FetchSessionIdNotFound.code())
             .with_session_id(0);
         return respond(frame, &resp);
     }
-    if !incremental {
+    if incremental {
+        if checked.is_some() {
+            ctx.session.fetch_session_checked = checked;
+        }
+    } else {
         ctx.session.fetch_session.clear();
+        ctx.session.fetch_session_checked = None;
     }
     let mut plan = Plan::default();
     let routes = ctx.routes.clone();
@@ -966,10 +984,14 @@ async fn fetch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteE
     });
     if frame.version() >= 7 && req.session_epoch >= 0 {
         for t in &req.topics {
-            if ctx.session.fetch_session.len() < MAX_SESSION_TOPICS {
-                ctx.session
-                    .fetch_session
-                    .insert(plan.logical(&t.topic).to_string());
+            let logical = plan.logical(&t.topic);
+            let session = &mut ctx.session;
+            // Known topics cost no allocation; a new one must be checked next time.
+            if !session.fetch_session.contains(logical.as_str())
+                && session.fetch_session.len() < MAX_SESSION_TOPICS
+            {
+                session.fetch_session.insert(logical.to_string());
+                session.fetch_session_checked = None;
             }
         }
     }
