@@ -67,12 +67,10 @@ struct Settle {
     /// cluster is answered as an empty one, then the member is asked to rejoin.
     empty_first: bool,
     /// Members answered an empty assignment, waiting for their real one, with
-    /// their identity.
+    /// their identity; each heartbeat of theirs is answered REBALANCE_IN_PROGRESS.
     emptied: HashMap<String, IdentityKey>,
     /// Identities with a member holding its real assignment on the new cluster.
     settled_keys: HashSet<IdentityKey>,
-    /// Members whose next heartbeat is answered REBALANCE_IN_PROGRESS.
-    rejoin: HashSet<String>,
     /// Members that hold their real assignment on the new cluster; only they commit.
     settled: HashSet<String>,
     /// Translated offset of each partition, until its first fetch on the new cluster.
@@ -329,7 +327,7 @@ impl GroupSwitches {
                 // assignment: a client that missed or ignored one answer is asked
                 // again, never left with the empty assignment.
                 if let Some(s) = l.settle.as_ref().filter(|s| s.to == here) {
-                    if s.rejoin.contains(member) {
+                    if s.emptied.contains_key(member) {
                         return Verdict::Rebalance;
                     }
                 }
@@ -364,7 +362,6 @@ impl GroupSwitches {
                     empty_first: PLAIN_ASSIGNORS.contains(&assignor),
                     emptied: HashMap::new(),
                     settled_keys: HashSet::new(),
-                    rejoin: HashSet::new(),
                     settled: HashSet::new(),
                     expect: translated.filter(|(_, o)| *o >= 0).collect(),
                 });
@@ -396,11 +393,9 @@ impl GroupSwitches {
                 match verdict {
                     SyncVerdict::Empty => {
                         s.emptied.insert(member.to_string(), key.clone());
-                        s.rejoin.insert(member.to_string());
                     }
                     SyncVerdict::Pass => {
                         s.emptied.remove(member);
-                        s.rejoin.remove(member);
                         s.settled.insert(member.to_string());
                         s.settled_keys.insert(key.clone());
                     }
