@@ -848,6 +848,47 @@ impl Proxy {
     }
 }
 
+/// What handlers may use of the proxy (handlers::Shared): the handlers see this
+/// interface, never the proxy's fields.
+impl crate::handlers::Shared for Proxy {
+    fn routes(&self) -> Arc<RouteTable> {
+        Proxy::routes(self)
+    }
+    fn config(&self) -> Arc<Config> {
+        Proxy::config(self)
+    }
+    fn multi_cluster(&self) -> bool {
+        Proxy::multi_cluster(self)
+    }
+    fn cluster(&self, name: &str) -> Option<&Arc<ClusterView>> {
+        Proxy::cluster(self, name)
+    }
+    fn clusters(&self) -> Vec<Arc<ClusterView>> {
+        Proxy::clusters(self).cloned().collect()
+    }
+    fn cluster_index(&self, name: &str) -> usize {
+        Proxy::cluster_index(self, name)
+    }
+    fn virtual_map(&self, cluster: &ClusterView) -> VirtualMap {
+        Proxy::virtual_map(self, cluster)
+    }
+    fn resolve_virtual(&self, virtual_id: i32) -> Option<(Arc<ClusterView>, i32)> {
+        Proxy::resolve_virtual(self, virtual_id)
+    }
+    fn identities(&self) -> &Identities {
+        &self.identities
+    }
+    fn producers(&self) -> &Arc<Producers> {
+        &self.producers
+    }
+    fn inflight(&self) -> &Arc<Inflight> {
+        &self.inflight
+    }
+    fn group_switches(&self) -> &Arc<GroupSwitches> {
+        &self.group_switches
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

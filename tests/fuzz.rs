@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -33,10 +33,13 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use switchyard::codec::{self, Framing};
+use switchyard::config::Config;
 use switchyard::handlers::offsets::EpochQuery;
-use switchyard::handlers::routing::{Plan, Refused, Session};
+use switchyard::handlers::plan::{Plan, Refused};
 use switchyard::handlers::sasl::{SaslState, ServerSasl};
+use switchyard::handlers::Session;
 use switchyard::handlers::{self, api_versions, Forwarded, ResponseRewrite, VirtualMap};
+use switchyard::proxy::Proxy;
 use switchyard::sasl::{self as sasl_auth, Credentials, ScramEntry, ScramServer};
 use switchyard::switch::producers;
 
@@ -803,6 +806,33 @@ struct Ctx {
     sni_map: VirtualMap,
     table: api_versions::ApiTable,
     sasl: ServerSasl,
+    /// Proxies of one and of two clusters whose brokers refuse every connection:
+    /// the request path runs in full, and what it asks upstream fails at once.
+    proxies: [Arc<Proxy>; 2],
+    _state: tempfile::TempDir,
+}
+
+/// A proxy over `clusters` clusters at a loopback port nothing listens on.
+fn proxy(clusters: usize, dir: &std::path::Path) -> Arc<Proxy> {
+    let mut toml = format!(
+        "[proxy]\nstate_dir = \"{}\"\n",
+        dir.join(format!("state-{clusters}")).display()
+    );
+    for (i, name) in ["source", "target"].iter().take(clusters).enumerate() {
+        toml.push_str(&format!(
+            "[clusters.{name}]\nbootstrap = [\"127.0.0.1:1\"]\nnode_id_offset = {}\n",
+            i * 1000
+        ));
+    }
+    toml.push_str("[routes]\ndefault_cluster = \"source\"\n");
+    if clusters > 1 {
+        toml.push_str(
+            "[routes.topics.\"abc\"]\nproduce = \"target\"\nrename = { target = \"t.abc\" }\n\
+             [routes.groups.\"g\"]\ncluster = \"target\"\n",
+        );
+    }
+    let config = Config::from_toml(&toml, Vec::<(String, String)>::new(), dir).expect("config");
+    Proxy::new(config, None).expect("proxy")
 }
 
 impl Ctx {
@@ -832,7 +862,11 @@ impl Ctx {
             entries.insert(m.to_string(), ScramEntry::new(h, "secret", 4096));
         }
         credentials.users.insert("alice".into(), entries);
+        let state = tempfile::tempdir().expect("state dir");
+        let proxies = [proxy(1, state.path()), proxy(2, state.path())];
         Ctx {
+            proxies,
+            _state: state,
             map,
             sni_map,
             table,
@@ -936,8 +970,26 @@ fn run_request(input: &[u8], ctx: &Ctx) -> bool {
     }
     if supported(api, version) {
         let _ = codec::produce_acks(&frame);
-        let _ = handlers::handle(&frame, &ctx.map);
-        let _ = handlers::handle(&frame, &ctx.sni_map);
+        // The one request path, as a connection to each cluster runs it.
+        SASL_RUNTIME.with(|rt| {
+            rt.block_on(async {
+                for proxy in &ctx.proxies {
+                    for view in proxy.clusters() {
+                        for map in [&ctx.map, &ctx.sni_map] {
+                            let mut session = Session::new([127, 0, 0, 1].into(), None);
+                            let mut c = handlers::Ctx {
+                                shared: &**proxy,
+                                routes: proxy.routes(),
+                                cluster: view,
+                                map,
+                                session: &mut session,
+                            };
+                            let _ = handlers::dispatch(&mut c, &frame).await;
+                        }
+                    }
+                }
+            })
+        });
     }
     d.ok
 }
@@ -945,7 +997,7 @@ fn run_request(input: &[u8], ctx: &Ctx) -> bool {
 thread_local! {
     static SASL_RUNTIME: tokio::runtime::Runtime = {
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .start_paused(true)
             .build()
             .expect("runtime");
@@ -991,12 +1043,12 @@ fn rewrites_for(api: ApiKey, version: i16, rng_bit: bool) -> Vec<(ResponseRewrit
         ApiKey::FindCoordinator => vec![same(ResponseRewrite::FindCoordinator)],
         ApiKey::DescribeCluster => vec![same(ResponseRewrite::DescribeCluster)],
         ApiKey::Fetch => vec![
-            same(ResponseRewrite::Fetch),
-            same(ResponseRewrite::FetchRouted(Box::new(plan(rng_bit)))),
+            same(ResponseRewrite::Fetch(None)),
+            same(ResponseRewrite::Fetch(Some(Box::new(plan(rng_bit))))),
         ],
         ApiKey::ListOffsets => vec![
-            same(ResponseRewrite::ListOffsets),
-            same(ResponseRewrite::ListOffsetsRouted(Box::new(plan(false)))),
+            same(ResponseRewrite::ListOffsets(None)),
+            same(ResponseRewrite::ListOffsets(Some(Box::new(plan(false))))),
             (
                 ResponseRewrite::EpochFromListOffsets(EpochQuery {
                     topics: vec![

@@ -43,9 +43,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{self, FrameError, RequestFrame};
-use crate::handlers::routing::{self, RouteError, Session};
 use crate::handlers::sasl::SaslState;
 use crate::handlers::{self, api_versions, Action, Forwarded, VirtualMap};
+use crate::handlers::{RouteError, Session};
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::upstream::stream::{ReadHalf, WriteHalf};
@@ -698,7 +698,7 @@ fn reject_reason(e: &FrameError) -> &'static str {
     }
 }
 
-/// Version gate, then routing across clusters, then the handler. ApiVersions is
+/// Version gate and login, then the handler for the API. ApiVersions is
 /// always answered, even at versions the proxy does not know, because that is how
 /// clients discover what to use.
 async fn decide(
@@ -741,24 +741,20 @@ async fn decide(
             version: frame.version(),
         });
     }
-    if proxy.multi_cluster() {
-        // One load of the routing table for the whole request (DESIGN.md decision 3).
-        let mut ctx = routing::Ctx {
-            proxy,
-            routes: proxy.routes(),
-            cluster: &link.view,
-            map,
-            session,
-        };
-        drop(table);
-        match routing::route(&mut ctx, frame).await {
-            Ok(Some(action)) => return Ok(action),
-            Ok(None) => {}
-            Err(RouteError::Decode(e)) => return Err(ConnectionError::Decode(e)),
-            Err(RouteError::Upstream(e)) => return Err(ConnectionError::Upstream(e)),
-        }
+    // One load of the routing table for the whole request (DESIGN.md decision 3).
+    let mut ctx = handlers::Ctx {
+        shared: proxy,
+        routes: proxy.routes(),
+        cluster: &link.view,
+        map,
+        session,
+    };
+    drop(table);
+    match handlers::dispatch(&mut ctx, frame).await {
+        Ok(action) => Ok(action),
+        Err(RouteError::Decode(e)) => Err(ConnectionError::Decode(e)),
+        Err(RouteError::Upstream(e)) => Err(ConnectionError::Upstream(e)),
     }
-    Ok(handlers::handle(frame, map)?)
 }
 
 #[allow(clippy::too_many_arguments)]

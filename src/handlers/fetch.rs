@@ -7,11 +7,18 @@
 //! replica becomes a virtual broker id. When nothing needs changing, the original
 //! bytes are forwarded, which is the common case.
 
-use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+use std::sync::Arc;
 
-use super::VirtualMap;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+
+use super::context::*;
+use super::plan::Plan;
+use super::{Action, ResponseRewrite, VirtualMap};
 use crate::codec::{self, DecodeError, RequestFrame};
+use crate::metrics;
 
 /// Clears client-sent epochs. Returns whether anything changed.
 pub fn rewrite_request(req: &mut FetchRequest) -> bool {
@@ -26,15 +33,6 @@ pub fn rewrite_request(req: &mut FetchRequest) -> bool {
         }
     }
     changed
-}
-
-pub fn rewrite_request_frame(frame: &RequestFrame) -> Result<Bytes, DecodeError> {
-    let mut req: FetchRequest = frame.decode()?;
-    if rewrite_request(&mut req) {
-        codec::encode_request(frame.api, &frame.header, &req)
-    } else {
-        Ok(frame.bytes.clone())
-    }
 }
 
 /// Drops epoch hints and maps broker ids. Returns whether anything changed.
@@ -63,22 +61,230 @@ pub fn rewrite_response(resp: &mut FetchResponse, map: &VirtualMap) -> bool {
     changed
 }
 
+/// The client's answer: epoch hints dropped and broker ids mapped, and with a
+/// routing plan, the refused partitions merged back, topics named logically, and
+/// records stripped for a held group. Unchanged answers go back as the
+/// upstream's bytes, uncopied.
 pub fn rewrite_response_frame(
     frame: Bytes,
     version: i16,
+    plan: Option<&Plan>,
     map: &VirtualMap,
 ) -> Result<Bytes, DecodeError> {
-    // Versions before 11 carry none of the fields above: skip decoding entirely.
-    if version < 11 {
+    // Versions before 11 carry none of the hint fields: with nothing routed,
+    // skip decoding entirely.
+    if plan.is_none() && version < 11 {
         return Ok(frame);
     }
     let (header, mut resp) =
         codec::decode_response::<FetchResponse>(ApiKey::Fetch, version, frame.clone())?;
-    if rewrite_response(&mut resp, map) {
-        codec::encode_response(ApiKey::Fetch, version, header.correlation_id, &resp)
-    } else {
-        Ok(frame)
+    let mut changed = rewrite_response(&mut resp, map);
+    if let Some(plan) = plan {
+        changed |= fetch_errors(plan, &mut resp);
+        if plan.strip_records {
+            for t in &mut resp.responses {
+                for p in &mut t.partitions {
+                    p.records = Some(Bytes::new());
+                    p.aborted_transactions = None;
+                }
+            }
+            changed = true;
+        }
     }
+    if !changed {
+        return Ok(frame);
+    }
+    codec::encode_response(ApiKey::Fetch, version, header.correlation_id, &resp)
+}
+
+/// The longest a held fetch waits before its empty answer.
+const MAX_HELD_FETCH_WAIT_MS: i32 = 1000;
+
+/// Fetch: with one cluster only the epochs change; with several, the partitions
+/// read elsewhere are refused, a running group switch may hold the fetch, and a
+/// fetch session holding a topic read elsewhere is ended.
+pub(crate) async fn handle(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: FetchRequest = frame.decode()?;
+    if !ctx.shared.multi_cluster() {
+        let bytes = if rewrite_request(&mut req) {
+            codec::encode_request(frame.api, &frame.header, &req)?
+        } else {
+            frame.bytes.clone()
+        };
+        return Ok(forward(frame, bytes, ResponseRewrite::Fetch(None)));
+    }
+    let groups = reader(ctx, frame, req.topics.iter().map(|t| t.topic.as_str()));
+    // A group switch holds its members' fetches: they are answered without records
+    // (after the client's own wait, so held clients do not spin).
+    let switches = &ctx.shared.group_switches();
+    let held = switches.busy() && !groups.is_empty() && {
+        let key = ctx.identity(frame);
+        switches.note_positions(
+            &groups,
+            req.topics.iter().flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.as_str(), p.partition, p.fetch_offset))
+            }),
+        );
+        switches.fetch_held(&groups, &key, ctx.cluster.name())
+    };
+    if held {
+        let wait = req.max_wait_ms.clamp(0, MAX_HELD_FETCH_WAIT_MS) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
+    let here = ctx.here().to_string();
+    if switches.busy() && !held && !groups.is_empty() {
+        // A switched group's first fetch of each partition on its new cluster must
+        // be at the translated offset; anything else is counted and logged.
+        let positions = req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.topic.as_str(), p.partition, p.fetch_offset))
+        });
+        for (group, topic, partition, fetched, translated) in
+            switches.audit(&groups, &here, positions)
+        {
+            metrics::position_mismatch(&group);
+            // The client id tells an operator (and the next investigation) which
+            // member fetched there; it is the client's text, so it goes quoted.
+            let client = frame.header.client_id.as_ref().map(|c| c.as_str());
+            tracing::warn!(%group, %topic, partition, fetched, translated, cluster = %here, client = ?client, session_epoch = req.session_epoch, "first fetch on the new cluster is not at the translated offset");
+        }
+    }
+    // An incremental fetch names only what changed; the broker still serves every
+    // partition of the session. When any topic the session may hold is read
+    // elsewhere now, the session is ended: FETCH_SESSION_ID_NOT_FOUND makes the
+    // client drop it and send a full fetch, which is steered like any other.
+    let incremental = frame.version() >= 7 && req.session_id > 0 && req.session_epoch > 0;
+    let unchanged = ctx
+        .session
+        .fetch_session_checked
+        .as_ref()
+        .is_some_and(|(routes, g)| Arc::ptr_eq(routes, &ctx.routes) && *g == groups);
+    let checked = (incremental && !unchanged).then(|| (ctx.routes.clone(), groups.clone()));
+    let elsewhere = not_here(&ctx.routes, groups, &here);
+    if incremental
+        && (ctx.session.fetch_session.len() >= MAX_SESSION_TOPICS
+            || (!unchanged
+                && ctx
+                    .session
+                    .fetch_session
+                    .iter()
+                    .any(|t| elsewhere.elsewhere(t))))
+    {
+        ctx.session.fetch_session.clear();
+        ctx.session.fetch_session_checked = None;
+        metrics::steered("Fetch", &here);
+        let resp = FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+            .with_session_id(0);
+        return respond(frame, &resp);
+    }
+    if incremental {
+        if checked.is_some() {
+            ctx.session.fetch_session_checked = checked;
+        }
+    } else {
+        ctx.session.fetch_session.clear();
+        ctx.session.fetch_session_checked = None;
+    }
+    let mut plan = Plan::default();
+    let routes = ctx.routes.clone();
+    req.topics.retain_mut(|t| {
+        let parts = t.partitions.iter().map(|p| p.partition);
+        let away = elsewhere.elsewhere(&t.topic);
+        plan.route_topic(&routes, &here, &mut t.topic, parts, away)
+    });
+    if frame.version() >= 7 && req.session_epoch >= 0 {
+        for t in &req.topics {
+            let logical = plan.logical(&t.topic);
+            let session = &mut ctx.session;
+            // Known topics cost no allocation; a new one must be checked next time.
+            if !session.fetch_session.contains(logical.as_str())
+                && session.fetch_session.len() < MAX_SESSION_TOPICS
+            {
+                session.fetch_session.insert(logical.to_string());
+                session.fetch_session_checked = None;
+            }
+        }
+    }
+    let mut changed = !plan.refused.is_empty() || !plan.renames.is_empty();
+    for t in &mut req.forgotten_topics_data {
+        let physical = routes.physical_topic(&t.topic, &here);
+        if physical != t.topic.as_str() {
+            t.topic = topic_name(&physical);
+            changed = true;
+        }
+    }
+    if !plan.refused.is_empty() {
+        metrics::steered("Fetch", &here);
+    }
+    changed |= rewrite_request(&mut req);
+    if req.topics.is_empty() && req.forgotten_topics_data.is_empty() && !plan.refused.is_empty() {
+        // Nothing left for this broker: answer at once instead of long-polling it.
+        let mut resp = FetchResponse::default();
+        fetch_errors(&plan, &mut resp);
+        return respond(frame, &resp);
+    }
+    plan.not_here = Some(elsewhere);
+    plan.strip_records = held;
+    // Unchanged requests go upstream as their original bytes.
+    let bytes = if changed {
+        codec::encode_request(frame.api, &frame.header, &req)?
+    } else {
+        frame.bytes.clone()
+    };
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::Fetch(Some(Box::new(plan))),
+    ))
+}
+
+fn fetch_error_partition(p: i32) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(p)
+        .with_error_code(NOT_LEADER_OR_FOLLOWER)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_records(Some(Bytes::new()))
+}
+
+/// Adds the refused partitions, names topics logically, and turns partitions a
+/// fetch session returns for topics read elsewhere into errors. Returns whether the
+/// response changed.
+pub(crate) fn fetch_errors(plan: &Plan, resp: &mut FetchResponse) -> bool {
+    let mut changed = !plan.refused.is_empty();
+    for t in &mut resp.responses {
+        if let Some(logical) = plan.renames.get(&t.topic) {
+            t.topic = logical.clone();
+            changed = true;
+        }
+        if let Some(elsewhere) = &plan.not_here {
+            // A fetch session can still return partitions the route moved away.
+            if elsewhere.elsewhere(&t.topic) {
+                for p in &mut t.partitions {
+                    *p = fetch_error_partition(p.partition_index);
+                }
+                changed = true;
+            }
+        }
+    }
+    for r in &plan.refused {
+        resp.responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(r.topic.clone())
+                .with_partitions(
+                    r.partitions
+                        .iter()
+                        .map(|p| fetch_error_partition(*p))
+                        .collect(),
+                ),
+        );
+    }
+    changed
 }
 
 #[cfg(test)]
@@ -142,7 +348,7 @@ mod tests {
                 PartitionData::default().with_records(Some(Bytes::from_static(b"abc")))
             ])]);
         let frame = codec::encode_response(ApiKey::Fetch, 12, 3, &resp).unwrap();
-        let out = rewrite_response_frame(frame.clone(), 12, &test_map()).unwrap();
+        let out = rewrite_response_frame(frame.clone(), 12, None, &test_map()).unwrap();
         assert_eq!(out.as_ptr(), frame.as_ptr(), "no copy when nothing changes");
     }
 }

@@ -9,18 +9,26 @@
 
 pub mod api_versions;
 pub mod configs;
+mod context;
 pub mod fetch;
+pub mod group_link;
 pub mod groups;
 pub mod metadata;
 pub mod offsets;
-pub mod routing;
+pub mod plan;
+pub mod produce;
 pub mod sasl;
 pub mod topic_admin;
+
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 
-use crate::codec::{self, DecodeError, RequestFrame};
+pub use context::{Ctx, Role, RouteError, Session, Shared};
+
+use crate::codec::{DecodeError, RequestFrame};
 
 /// Maps upstream broker ids to the virtual brokers clients see, and back.
 #[derive(Debug, Clone)]
@@ -90,7 +98,7 @@ pub fn sni_node(pattern: &str, name: &str) -> Option<i32> {
 }
 
 /// The APIs Switchyard handles, with the highest version it handles correctly.
-/// What happens to each (answered, forwarded, rewritten) is decided in [`handle`].
+/// What happens to each (answered, forwarded, rewritten) is decided in [`dispatch`].
 /// Caps hold clients at versions without topic ids (Fetch ≤ 12, Metadata ≤ 9) and
 /// without KIP-951 node endpoints (Produce ≤ 9), which would otherwise carry
 /// cluster-specific ids and real broker addresses to the client (PROTOCOL.md §5).
@@ -142,14 +150,18 @@ pub enum ResponseRewrite {
     Metadata,
     FindCoordinator,
     DescribeCluster,
-    Fetch,
-    ListOffsets,
+    /// Epoch hints dropped, broker ids mapped; with a plan (several clusters),
+    /// refused partitions merged back and names made logical.
+    Fetch(Option<Box<plan::Plan>>),
+    /// Epochs cleared; with a plan, as for Fetch.
+    ListOffsets(Option<Box<plan::Plan>>),
     OffsetFetch,
     /// Broker resource names in DescribeConfigs / AlterConfigs /
     /// IncrementalAlterConfigs responses.
     Configs,
-    /// Produce across clusters: refused partitions merged back, names made logical.
-    Produce(Box<routing::Plan>),
+    /// Produce across clusters: refused partitions merged back, names made logical,
+    /// mapped producer batches accounted for.
+    Produce(Box<plan::Plan>),
     /// The issued producer id becomes virtual (it names the issuing cluster) and is
     /// recorded as issued, which is what lets it write to other clusters.
     InitProducerId {
@@ -160,10 +172,6 @@ pub enum ResponseRewrite {
         /// `Producers::transaction_timeout`).
         transaction_timeout_ms: i32,
     },
-    /// Fetch across clusters: as `Fetch`, plus refused partitions and names.
-    FetchRouted(Box<routing::Plan>),
-    /// ListOffsets across clusters: as `ListOffsets`, plus refused partitions and names.
-    ListOffsetsRouted(Box<routing::Plan>),
     /// OffsetCommit / OffsetFetch whose topics have other names on this cluster:
     /// physical → logical names.
     OffsetsRenamed(
@@ -178,9 +186,9 @@ pub enum ResponseRewrite {
     /// A group request whose acceptance links the client's identity to the group
     /// (DESIGN.md decision 8): checked on the upstream's answer, then the inner
     /// rewrite applies.
-    GroupLink(Box<routing::GroupLink>),
+    GroupLink(Box<group_link::GroupLink>),
     /// SyncGroup on a group's new cluster after its switch flipped.
-    Settle(Box<routing::SyncSettle>),
+    Settle(Box<group_link::SyncSettle>),
 }
 
 /// What to do with one request.
@@ -208,98 +216,46 @@ pub struct Forwarded {
     pub rewrite: ResponseRewrite,
 }
 
-/// Decides what to do with a request on a connection forwarding to a cluster mapped
-/// by `map`. Version checks were done by the caller.
-pub fn handle(frame: &RequestFrame, map: &VirtualMap) -> Result<Action, DecodeError> {
-    let pass = |rewrite: ResponseRewrite| Action::Forward {
-        frame: frame.bytes.clone(),
-        response: Some(Forwarded {
-            upstream_api: frame.api,
-            upstream_version: frame.version(),
-            rewrite,
-        }),
-    };
-    Ok(match frame.api {
-        ApiKey::Produce => {
-            if codec::produce_acks(frame) == Some(0) {
-                Action::Forward {
-                    frame: frame.bytes.clone(),
-                    response: None,
-                }
-            } else {
-                pass(ResponseRewrite::None)
-            }
+/// Decides what to do with one request: the one entry from an API to its handler,
+/// with one cluster or many (one cluster is a routing table in which nothing is
+/// elsewhere). Version and login checks were done by the caller.
+pub async fn dispatch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    match frame.api {
+        ApiKey::Metadata => metadata::handle(ctx, frame).await,
+        ApiKey::Produce => produce::produce(ctx, frame).await,
+        ApiKey::InitProducerId => produce::init_producer_id(ctx, frame),
+        ApiKey::Fetch => fetch::handle(ctx, frame).await,
+        ApiKey::ListOffsets => offsets::list_offsets(ctx, frame),
+        ApiKey::OffsetForLeaderEpoch => offsets::offset_for_leader_epoch(ctx, frame),
+        ApiKey::FindCoordinator => groups::find_coordinator(ctx, frame).await,
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch => groups::group_api(ctx, frame).await,
+        ApiKey::TxnOffsetCommit => {
+            let bytes = offsets::rewrite_txn_offset_commit_request(frame)?;
+            Ok(context::forward(frame, bytes, ResponseRewrite::None))
         }
-        ApiKey::Fetch => {
-            let bytes = fetch::rewrite_request_frame(frame)?;
-            Action::Forward {
-                frame: bytes,
-                response: Some(Forwarded {
-                    upstream_api: frame.api,
-                    upstream_version: frame.version(),
-                    rewrite: ResponseRewrite::Fetch,
-                }),
-            }
-        }
-        ApiKey::ListOffsets => Action::Forward {
-            frame: offsets::rewrite_list_offsets_request(frame)?,
-            response: Some(Forwarded {
-                upstream_api: frame.api,
-                upstream_version: frame.version(),
-                rewrite: ResponseRewrite::ListOffsets,
-            }),
-        },
-        ApiKey::OffsetCommit => Action::Forward {
-            frame: offsets::rewrite_offset_commit_request(frame)?,
-            response: Some(Forwarded {
-                upstream_api: frame.api,
-                upstream_version: frame.version(),
-                rewrite: ResponseRewrite::None,
-            }),
-        },
-        ApiKey::TxnOffsetCommit => Action::Forward {
-            frame: offsets::rewrite_txn_offset_commit_request(frame)?,
-            response: Some(Forwarded {
-                upstream_api: frame.api,
-                upstream_version: frame.version(),
-                rewrite: ResponseRewrite::None,
-            }),
-        },
-        ApiKey::OffsetFetch => pass(ResponseRewrite::OffsetFetch),
-        ApiKey::OffsetForLeaderEpoch => {
-            let (bytes, query, version) = offsets::epoch_request_as_list_offsets(frame)?;
-            Action::Forward {
-                frame: bytes,
-                response: Some(Forwarded {
-                    upstream_api: ApiKey::ListOffsets,
-                    upstream_version: version,
-                    rewrite: ResponseRewrite::EpochFromListOffsets(query),
-                }),
-            }
-        }
-        ApiKey::Metadata => pass(ResponseRewrite::Metadata),
-        ApiKey::FindCoordinator => pass(ResponseRewrite::FindCoordinator),
-        ApiKey::DescribeCluster => pass(ResponseRewrite::DescribeCluster),
-        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
-            Action::Forward {
-                frame: configs::rewrite_request_frame(frame, map)?,
-                response: Some(Forwarded {
-                    upstream_api: frame.api,
-                    upstream_version: frame.version(),
-                    rewrite: ResponseRewrite::Configs,
-                }),
-            }
-        }
-        ApiKey::CreatePartitions => Action::Forward {
-            frame: configs::rewrite_create_partitions_frame(frame, map)?,
-            response: Some(Forwarded {
-                upstream_api: frame.api,
-                upstream_version: frame.version(),
-                rewrite: ResponseRewrite::None,
-            }),
-        },
-        _ => pass(ResponseRewrite::None),
-    })
+        ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::CreatePartitions
+        | ApiKey::DescribeConfigs
+        | ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs => topic_admin::handle(ctx, frame).await,
+        ApiKey::DescribeCluster => Ok(context::forward(
+            frame,
+            frame.bytes.clone(),
+            ResponseRewrite::DescribeCluster,
+        )),
+        // Everything else on the allowlist names nothing the proxy must map.
+        _ => Ok(context::forward(
+            frame,
+            frame.bytes.clone(),
+            ResponseRewrite::None,
+        )),
+    }
 }
 
 /// Turns an upstream response into the response the client gets. `client_version`
@@ -339,39 +295,37 @@ fn rewrite_with(
         ResponseRewrite::DescribeCluster => {
             metadata::rewrite_describe_cluster_frame(frame, version, map)
         }
-        ResponseRewrite::Fetch => fetch::rewrite_response_frame(frame, version, map),
-        ResponseRewrite::ListOffsets => offsets::rewrite_list_offsets_frame(frame, version),
+        ResponseRewrite::Fetch(plan) => {
+            fetch::rewrite_response_frame(frame, version, plan.as_deref(), map)
+        }
+        ResponseRewrite::ListOffsets(plan) => {
+            offsets::rewrite_list_offsets_frame(frame, version, plan.as_deref())
+        }
         ResponseRewrite::OffsetFetch => offsets::rewrite_offset_fetch_frame(frame, version),
         ResponseRewrite::Configs => configs::rewrite_response_frame(frame, api, version, map),
-        ResponseRewrite::Produce(plan) => routing::rewrite_produce_response(frame, version, plan),
+        ResponseRewrite::Produce(plan) => produce::rewrite_produce_response(frame, version, plan),
         ResponseRewrite::InitProducerId {
             cluster,
             name,
             producers,
             transaction_timeout_ms,
-        } => routing::rewrite_init_producer_id(
+        } => produce::rewrite_init_producer_id(
             frame,
             version,
             (*cluster, name),
             producers,
             *transaction_timeout_ms,
         ),
-        ResponseRewrite::FetchRouted(plan) => {
-            routing::rewrite_fetch_response(frame, version, plan, map)
-        }
-        ResponseRewrite::ListOffsetsRouted(plan) => {
-            routing::rewrite_list_offsets_response(frame, version, plan)
-        }
         ResponseRewrite::OffsetsRenamed(reverse) => {
-            routing::rewrite_offsets_renamed(frame, api, version, reverse)
+            groups::rewrite_offsets_renamed(frame, api, version, reverse)
         }
         ResponseRewrite::EpochFromListOffsets(query) => {
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
         }
-        ResponseRewrite::Settle(settle) => routing::rewrite_sync_settle(frame, version, settle),
+        ResponseRewrite::Settle(settle) => group_link::rewrite_sync_settle(frame, version, settle),
         ResponseRewrite::GroupLink(link) => {
-            routing::confirm_group_link(&frame, api, version, link);
+            group_link::confirm_group_link(&frame, api, version, link);
             rewrite_with(
                 &link.then,
                 (api, version),

@@ -6,6 +6,9 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
@@ -16,7 +19,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use super::context::*;
+use super::plan::Plan;
+use super::{Action, Forwarded, ResponseRewrite};
 use crate::codec::{self, DecodeError, RequestFrame};
+use crate::metrics;
 
 /// ListOffsets version used in place of OffsetForLeaderEpoch: v2 is understood by
 /// every broker from 2.0 to 4.x and carries the isolation level.
@@ -36,15 +43,6 @@ pub fn clear_list_offsets_epochs(req: &mut ListOffsetsRequest) -> bool {
     changed
 }
 
-pub fn rewrite_list_offsets_request(frame: &RequestFrame) -> Result<Bytes, DecodeError> {
-    let mut req: ListOffsetsRequest = frame.decode()?;
-    if clear_list_offsets_epochs(&mut req) {
-        codec::encode_request(frame.api, &frame.header, &req)
-    } else {
-        Ok(frame.bytes.clone())
-    }
-}
-
 pub fn clear_list_offsets_response_epochs(resp: &mut ListOffsetsResponse) -> bool {
     let mut changed = false;
     for t in &mut resp.topics {
@@ -58,13 +56,24 @@ pub fn clear_list_offsets_response_epochs(resp: &mut ListOffsetsResponse) -> boo
     changed
 }
 
-pub fn rewrite_list_offsets_frame(frame: Bytes, version: i16) -> Result<Bytes, DecodeError> {
-    if version < 4 {
+/// The client's ListOffsets answer: leader epochs cleared, and with a routing
+/// plan, the refused partitions merged back and topics named logically.
+pub fn rewrite_list_offsets_frame(
+    frame: Bytes,
+    version: i16,
+    plan: Option<&Plan>,
+) -> Result<Bytes, DecodeError> {
+    if plan.is_none() && version < 4 {
         return Ok(frame); // no leader_epoch field before v4
     }
     let (h, mut resp) =
         codec::decode_response::<ListOffsetsResponse>(ApiKey::ListOffsets, version, frame.clone())?;
-    if clear_list_offsets_response_epochs(&mut resp) {
+    let mut changed = clear_list_offsets_response_epochs(&mut resp);
+    if let Some(plan) = plan {
+        resp = list_offsets_errors(plan, resp);
+        changed = true;
+    }
+    if changed {
         codec::encode_response(ApiKey::ListOffsets, version, h.correlation_id, &resp)
     } else {
         Ok(frame)
@@ -171,16 +180,16 @@ pub struct EpochQuery {
 pub fn epoch_request_as_list_offsets(
     frame: &RequestFrame,
 ) -> Result<(Bytes, EpochQuery, i16), DecodeError> {
-    epoch_request_as_list_offsets_renamed(frame, |_| None)
+    epoch_request_as_list_offsets_renamed(frame, frame.decode()?, |_| None)
 }
 
 /// Like [`epoch_request_as_list_offsets`], asking for `physical(name)` upstream
 /// where it gives a name.
 pub fn epoch_request_as_list_offsets_renamed(
     frame: &RequestFrame,
+    req: OffsetForLeaderEpochRequest,
     physical: impl Fn(&TopicName) -> Option<TopicName>,
 ) -> Result<(Bytes, EpochQuery, i16), DecodeError> {
-    let req: OffsetForLeaderEpochRequest = frame.decode()?;
     let query = EpochQuery {
         topics: req
             .topics
@@ -304,6 +313,125 @@ pub fn epoch_response_from_list_offsets(
         h.correlation_id,
         &answer,
     )
+}
+
+// ------------------------------------------------------------- routed
+
+/// ListOffsets: epochs cleared; with several clusters, partitions read elsewhere
+/// refused and renamed topics asked under their physical names.
+pub(crate) fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    let mut req: ListOffsetsRequest = frame.decode()?;
+    if !ctx.shared.multi_cluster() {
+        let bytes = if clear_list_offsets_epochs(&mut req) {
+            codec::encode_request(frame.api, &frame.header, &req)?
+        } else {
+            frame.bytes.clone()
+        };
+        return Ok(forward(frame, bytes, ResponseRewrite::ListOffsets(None)));
+    }
+    let groups = reader(ctx, frame, req.topics.iter().map(|t| t.name.as_str()));
+    let here = ctx.here().to_string();
+    let elsewhere = not_here(&ctx.routes, groups, &here);
+    let mut plan = Plan::default();
+    let routes = ctx.routes.clone();
+    req.topics.retain_mut(|t| {
+        let parts = t.partitions.iter().map(|p| p.partition_index);
+        let away = elsewhere.elsewhere(&t.name);
+        plan.route_topic(&routes, &here, &mut t.name, parts, away)
+    });
+    clear_list_offsets_epochs(&mut req);
+    if !plan.refused.is_empty() {
+        metrics::steered("ListOffsets", &here);
+    }
+    if req.topics.is_empty() {
+        return respond(
+            frame,
+            &list_offsets_errors(&plan, ListOffsetsResponse::default()),
+        );
+    }
+    let bytes = codec::encode_request(frame.api, &frame.header, &req)?;
+    Ok(forward(
+        frame,
+        bytes,
+        ResponseRewrite::ListOffsets(Some(Box::new(plan))),
+    ))
+}
+
+fn list_offsets_errors(plan: &Plan, mut resp: ListOffsetsResponse) -> ListOffsetsResponse {
+    for t in &mut resp.topics {
+        t.name = plan.logical(&t.name);
+    }
+    for r in &plan.refused {
+        resp.topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(r.topic.clone())
+                .with_partitions(
+                    r.partitions
+                        .iter()
+                        .map(|p| {
+                            ListOffsetsPartitionResponse::default()
+                                .with_partition_index(*p)
+                                .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                                .with_timestamp(-1)
+                                .with_offset(-1)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    resp
+}
+
+/// OffsetForLeaderEpoch for a topic read elsewhere is refused whole (the client
+/// re-validates after its metadata refresh). Renamed topics are answered from
+/// ListOffsets under their physical names, like every other topic (PROTOCOL.md §1).
+pub(crate) fn offset_for_leader_epoch(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Action, RouteError> {
+    let req: OffsetForLeaderEpochRequest = frame.decode()?;
+    let here = ctx.here().to_string();
+    if ctx.shared.multi_cluster() {
+        let groups = reader(ctx, frame, req.topics.iter().map(|t| t.topic.as_str()));
+        let elsewhere = not_here(&ctx.routes, groups, &here);
+        if req.topics.iter().any(|t| elsewhere.elsewhere(&t.topic)) {
+            metrics::steered("OffsetForLeaderEpoch", &here);
+            return respond(frame, &epoch_refused(&req));
+        }
+    }
+    // Answered from ListOffsets (PROTOCOL.md §1), under physical names.
+    let routes = ctx.routes.clone();
+    let (bytes, query, version) = epoch_request_as_list_offsets_renamed(frame, req, |name| {
+        let p = routes.physical_topic(name, &here);
+        (p != name.as_str()).then(|| topic_name(&p))
+    })?;
+    Ok(Action::Forward {
+        frame: bytes,
+        response: Some(Forwarded {
+            upstream_api: ApiKey::ListOffsets,
+            upstream_version: version,
+            rewrite: ResponseRewrite::EpochFromListOffsets(query),
+        }),
+    })
+}
+
+/// Every partition of `req` answered NOT_LEADER_OR_FOLLOWER.
+fn epoch_refused(req: &OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    for t in &req.topics {
+        let mut rt = OffsetForLeaderTopicResult::default().with_topic(t.topic.clone());
+        for p in &t.partitions {
+            rt.partitions.push(
+                EpochEndOffset::default()
+                    .with_partition(p.partition)
+                    .with_error_code(NOT_LEADER_OR_FOLLOWER)
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1),
+            );
+        }
+        resp.topics.push(rt);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::routing::Session;
+use super::Session;
 use crate::codec::{self, DecodeError, RequestFrame};
 use crate::sasl::{self, AuthError, Credentials, PlainAttempt, ScramServer};
 use tokio::sync::Semaphore;

@@ -15,7 +15,7 @@
 //!   id only (DeleteTopics v6+) stay with the cluster of the connection.
 //!
 //! When every entry belongs where the connection already forwards, the request goes
-//! up unchanged ([`route`] returns `None`). Otherwise the proxy splits it per
+//! up unchanged. Otherwise the proxy splits it per
 //! cluster, sends each part itself (topic changes to that cluster's controller),
 //! and answers with the merged results, each under the name the client used. A
 //! cluster that cannot be reached answers its entries with REQUEST_TIMED_OUT
@@ -45,8 +45,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
-use super::routing::{Ctx, RouteError};
-use super::Action;
+use super::context::{forward, Ctx, RouteError};
+use super::{configs, Action, ResponseRewrite};
 use crate::codec::{self, RequestFrame};
 use crate::upstream::{ClusterView, UpstreamError};
 
@@ -110,7 +110,7 @@ impl Ctx<'_> {
         let Ok(virtual_id) = name.parse::<i32>() else {
             return (here, name.to_string());
         };
-        match self.proxy.resolve_virtual(virtual_id) {
+        match self.shared.resolve_virtual(virtual_id) {
             Some((cluster, upstream)) => (
                 Dest {
                     cluster: cluster.name().to_string(),
@@ -141,9 +141,34 @@ impl Ctx<'_> {
     }
 }
 
-/// Routes a topic-admin request when more than one cluster is configured; `None`
-/// when it can go up as it is.
-pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+/// A topic-admin request: split across clusters when its entries belong to
+/// several, else forwarded where the connection goes, with broker resources and
+/// CreatePartitions assignments mapped to upstream ids.
+pub async fn handle(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
+    if ctx.shared.multi_cluster() {
+        if let Some(action) = route(ctx, frame).await? {
+            return Ok(action);
+        }
+    }
+    let forward = |bytes, rewrite| forward(frame, bytes, rewrite);
+    Ok(match frame.api {
+        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            forward(
+                configs::rewrite_request_frame(frame, ctx.map)?,
+                ResponseRewrite::Configs,
+            )
+        }
+        ApiKey::CreatePartitions => forward(
+            configs::rewrite_create_partitions_frame(frame, ctx.map)?,
+            ResponseRewrite::None,
+        ),
+        _ => forward(frame.bytes.clone(), ResponseRewrite::None),
+    })
+}
+
+/// Splits a topic-admin request across clusters; `None` when every entry belongs
+/// where the connection forwards, so it can go up as it is.
+async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
     match frame.api {
         ApiKey::CreateTopics => create_topics(ctx, frame).await,
         ApiKey::DeleteTopics => delete_topics(ctx, frame).await,
@@ -160,7 +185,7 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
 /// How long one part may take upstream: what the client gives the broker, plus the
 /// proxy's own request timeout.
 fn part_timeout(ctx: &Ctx<'_>, client_timeout_ms: i32) -> Duration {
-    ctx.proxy.config().proxy.request_timeout
+    ctx.shared.config().proxy.request_timeout
         + Duration::from_millis(client_timeout_ms.clamp(0, 600_000) as u64)
 }
 
@@ -175,7 +200,7 @@ async fn send<Req: Encodable, Resp: Decodable>(
     timeout: Duration,
     not_controller: impl Fn(&Resp) -> bool,
 ) -> Result<Resp, UpstreamError> {
-    let Some(cluster): Option<Arc<ClusterView>> = ctx.proxy.cluster(&dest.cluster).cloned() else {
+    let Some(cluster): Option<Arc<ClusterView>> = ctx.shared.cluster(&dest.cluster).cloned() else {
         return Err(UpstreamError::NoBroker(dest.cluster.clone()));
     };
     let broker = |c: &ClusterView| match dest.broker {
@@ -187,7 +212,7 @@ async fn send<Req: Encodable, Resp: Decodable>(
         .await?;
     if dest.broker == Some(-1) && not_controller(&resp) {
         let _ = cluster
-            .refresh(ctx.proxy.config().proxy.connect_timeout)
+            .refresh(ctx.shared.config().proxy.connect_timeout)
             .await;
         return cluster
             .call_to(broker(&cluster), api, version, body, timeout)
@@ -445,7 +470,7 @@ async fn create_partitions(
         // Manual assignments name virtual brokers; each becomes its cluster's id.
         for a in t.assignments.iter_mut().flatten() {
             for id in &mut a.broker_ids {
-                if let Some((_, upstream)) = ctx.proxy.resolve_virtual(id.0) {
+                if let Some((_, upstream)) = ctx.shared.resolve_virtual(id.0) {
                     *id = BrokerId(upstream);
                 }
             }
@@ -517,7 +542,7 @@ where
     if !split.rewrite {
         return Ok(None);
     }
-    let timeout = ctx.proxy.config().proxy.request_timeout;
+    let timeout = ctx.shared.config().proxy.request_timeout;
     fan_out(ctx, frame, &req, split, timeout).await
 }
 

@@ -289,7 +289,7 @@ impl Identities {
     }
 
     /// Links `key` to `group`. Only for membership the broker accepted: the caller
-    /// confirms on the response (routing::confirm_group_link), never on the request.
+    /// confirms on the response (handlers::group_link::confirm_group_link), never on the request.
     pub fn link_group(&self, key: &IdentityKey, group: &str) {
         self.link_group_at(key, group, Instant::now())
     }
