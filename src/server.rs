@@ -101,6 +101,9 @@ pub async fn run(
     {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
+    // Group switches and reloads in progress stop here; their phases are in the
+    // state store, and the next start resumes them.
+    proxy.stop_tasks(std::time::Duration::from_secs(1)).await;
     Ok(())
 }
 
@@ -173,7 +176,7 @@ async fn signals(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
                 let p = proxy.clone();
-                tokio::spawn(async move { let _ = p.reload().await; });
+                proxy.spawn(async move { let _ = p.reload().await; });
             }
         }
     }

@@ -38,88 +38,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TokenSource;
-use crate::proxy::{GroupSwitchRequest, Proxy, SwitchRefused, TopicSwitch};
+use crate::control::{GroupSwitchRequest, SwitchRefused, TopicSwitch};
+use crate::proxy::Proxy;
+pub use crate::token::{read_secret, AdminToken};
 
 /// GETs that stay open with `token_for_reads = true`: liveness probes carry no
 /// credentials and reveal nothing.
-/// The token itself, for the CLI that sends it; the proxy keeps only
-/// [`AdminToken`]. Errors never contain the secret.
-pub fn read_secret(source: &TokenSource) -> Result<String, String> {
-    let secret = match source {
-        TokenSource::Env(name) => match std::env::var(name) {
-            Ok(v) => v,
-            Err(std::env::VarError::NotPresent) => {
-                return Err(format!(
-                    "[admin] token_env: environment variable `{name}` is not set"
-                ))
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(format!(
-                    "[admin] token_env: environment variable `{name}` is not UTF-8"
-                ))
-            }
-        },
-        TokenSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("[admin] token_file: {}: {e}", path.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
-    };
-    // Surrounding whitespace is never part of a token: files end in newlines and
-    // `export X="$(cat f)"` keeps them.
-    let secret = secret.trim();
-    if secret.is_empty() {
-        return Err(match source {
-            TokenSource::Env(name) => {
-                format!("[admin] token_env: environment variable `{name}` is empty")
-            }
-            TokenSource::File(path) => format!("[admin] token_file: {} is empty", path.display()),
-        });
-    }
-    Ok(secret.to_string())
-}
-
 pub const OPEN_READS: &[&str] = &["/healthz", "/readyz"];
-
-/// The admin bearer token, kept only as its SHA-256 digest. Comparing two digests
-/// of equal length byte by byte without an early exit reveals neither the token's
-/// content nor its length through timing, and the secret itself is never held
-/// where a `Debug` or a log line could print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken([u8; 32]);
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-impl AdminToken {
-    pub fn from_secret(secret: &str) -> AdminToken {
-        AdminToken(Sha256::digest(secret.as_bytes()).into())
-    }
-
-    /// Reads the token from its source now (startup and every reload, so a rotated
-    /// token file takes effect on reload). Errors never contain the secret.
-    pub fn resolve(source: &TokenSource) -> Result<AdminToken, String> {
-        read_secret(source).map(|s| AdminToken::from_secret(&s))
-    }
-
-    pub fn matches(&self, presented: &str) -> bool {
-        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let diff = self
-            .0
-            .iter()
-            .zip(other.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        std::hint::black_box(diff) == 0
-    }
-}
 
 #[derive(Clone)]
 struct AdminState {
@@ -522,17 +449,22 @@ fn group_outcome(proxy: &Proxy, group: &str, result: Result<u64, SwitchRefused>)
 async fn switch_group(
     State(s): State<AdminState>,
     Path(group): Path<String>,
-    body: Option<Json<GroupSwitchRequest>>,
+    body: Result<Option<Json<GroupSwitchRequest>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(Json(req)) = body else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"errors": ["a JSON body with `to` is required"]})),
-        )
-            .into_response();
+    let error = match body {
+        Ok(Some(Json(req))) => {
+            let result = s.proxy.switch_group(&group, req).await;
+            return group_outcome(&s.proxy, &group, result);
+        }
+        Ok(None) => "a JSON body with `to` is required".to_string(),
+        // An unknown `offsets` or `when` is named by the request's types.
+        Err(e) => e.body_text(),
     };
-    let result = s.proxy.switch_group(&group, req).await;
-    group_outcome(&s.proxy, &group, result)
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"errors": [error], "route_version": s.proxy.routes().version})),
+    )
+        .into_response()
 }
 
 async fn rollback_group(State(s): State<AdminState>, Path(group): Path<String>) -> Response {

@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The TLS file sets belong to [`crate::tls`], which reads them.
+pub use crate::tls::{TlsFiles, UpstreamTls};
+
 use raw::{RawConfig, Unknown};
 use regex::Regex;
 
@@ -61,13 +64,6 @@ pub enum ListenerMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub advertised_host: String,
@@ -83,13 +79,6 @@ pub struct ListenerConfig {
 pub struct ListenerSasl {
     pub mechanisms: Vec<String>,
     pub users_file: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +98,8 @@ pub struct ClusterConfig {
     pub sasl: Option<UpstreamSasl>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum OffsetStrategy {
     Marks,
     Mm2,
@@ -138,7 +128,8 @@ impl OffsetStrategy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum SwitchWhen {
     Drained,
     Now,
@@ -160,6 +151,25 @@ impl SwitchWhen {
         }
     }
 }
+
+impl TryFrom<String> for OffsetStrategy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        OffsetStrategy::parse(&s)
+            .ok_or_else(|| format!("offsets: `{s}` is not one of marks, mm2, identity, timestamp"))
+    }
+}
+
+impl TryFrom<String> for SwitchWhen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        SwitchWhen::parse(&s).ok_or_else(|| format!("when: `{s}` is not one of drained, now"))
+    }
+}
+
+/// At most this many clusters: a virtual producer id carries its issuing
+/// cluster's index in its low 4 bits (switch::producers).
+pub const MAX_CLUSTERS: usize = 16;
 
 /// Reports two regex rows that some name matches both of.
 fn ambiguous_rows(errors: &mut Vec<String>, section: &str, a: &str, b: &str) {
@@ -252,7 +262,7 @@ pub struct ProxyConfig {
 
 /// Where the admin API's bearer token comes from. Only the source is part of the
 /// config; the secret itself is read when the proxy starts and on every reload (see
-/// `crate::admin::AdminToken`), so a config can be checked on a machine without it
+/// `crate::token::AdminToken`), so a config can be checked on a machine without it
 /// and the token never sits in a value that is logged or compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
@@ -686,11 +696,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     if raw.clusters.is_empty() {
         errors.push("[clusters]: at least one cluster is required".into());
     }
-    if raw.clusters.len() > crate::switch::producers::MAX_CLUSTERS {
+    if raw.clusters.len() > MAX_CLUSTERS {
         errors.push(format!(
             "[clusters]: {} clusters configured; at most {} (virtual producer ids name their cluster in 4 bits)",
             raw.clusters.len(),
-            crate::switch::producers::MAX_CLUSTERS
+            MAX_CLUSTERS
         ));
     }
     let mut clusters = Vec::new();

@@ -2,7 +2,6 @@
 //! recorded when a topic's writes move, producer-id maps and group attribution.
 
 pub mod groups;
-pub mod handoff;
 pub mod identity;
 pub mod inflight;
 pub mod mm2;

@@ -50,7 +50,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Clusters a virtual producer id can name (the low bits of the id).
-pub const MAX_CLUSTERS: usize = 16;
+pub use crate::config::MAX_CLUSTERS;
 
 /// Byte offsets in a v2 record batch header (PROTOCOL.md §2).
 const LENGTH: usize = 8;

@@ -27,9 +27,9 @@ use crate::metrics;
 use crate::proxy::Proxy;
 use crate::state::{GroupSwitch, OffsetMove, Phase};
 
-use super::groups::Release;
-use super::ops;
-use super::translate::{self, Committed, TranslateCtx, TranslateError};
+use crate::switch::groups::Release;
+use crate::switch::ops;
+use crate::switch::translate::{self, Committed, TranslateCtx, TranslateError};
 
 /// How long quiescing waits for commits to reach positions.
 const QUIESCE_MAX: Duration = Duration::from_secs(30);
