@@ -10,6 +10,7 @@
 pub mod api_versions;
 pub mod configs;
 pub mod fetch;
+pub mod group_admin;
 pub mod groups;
 pub mod metadata;
 pub mod offsets;
@@ -181,6 +182,14 @@ pub enum ResponseRewrite {
     GroupLink(Box<routing::GroupLink>),
     /// SyncGroup on a group's new cluster after its switch flipped.
     Settle(Box<routing::SyncSettle>),
+    /// ListGroups across clusters: only the groups routed to `cluster`.
+    ListGroups {
+        routes: std::sync::Arc<crate::routes::RouteTable>,
+        cluster: String,
+    },
+    /// DescribeGroups, OffsetFetch v8 across clusters: the proxy's NOT_COORDINATOR
+    /// entries merged back, names made logical.
+    Groups(Box<group_admin::GroupsPlan>),
 }
 
 /// What to do with one request.
@@ -362,6 +371,9 @@ fn rewrite_with(
         ResponseRewrite::ListOffsetsRouted(plan) => {
             routing::rewrite_list_offsets_response(frame, version, plan)
         }
+        ResponseRewrite::OffsetsRenamed(reverse) if api == ApiKey::OffsetFetch => {
+            group_admin::rewrite_offset_fetch_renamed(frame, version, reverse)
+        }
         ResponseRewrite::OffsetsRenamed(reverse) => {
             routing::rewrite_offsets_renamed(frame, api, version, reverse)
         }
@@ -369,6 +381,10 @@ fn rewrite_with(
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
         }
+        ResponseRewrite::ListGroups { routes, cluster } => {
+            group_admin::rewrite_list_groups(frame, version, routes, cluster)
+        }
+        ResponseRewrite::Groups(plan) => group_admin::rewrite_groups(frame, api, version, plan),
         ResponseRewrite::Settle(settle) => routing::rewrite_sync_settle(frame, version, settle),
         ResponseRewrite::GroupLink(link) => {
             routing::confirm_group_link(&frame, api, version, link);

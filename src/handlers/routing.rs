@@ -318,6 +318,9 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
             Some(a) => a,
             None => return Ok(None),
         },
+        _ if super::group_admin::takes(frame) => {
+            return super::group_admin::route(ctx, frame).await
+        }
         ApiKey::FindCoordinator => match find_coordinator(ctx, frame).await? {
             Some(a) => a,
             None => return Ok(None),
