@@ -3,23 +3,28 @@
 //! connection to cluster C, ListGroups lists only the groups routed to C;
 //! DescribeGroups and OffsetFetch v8 batches get the proxy's NOT_COORDINATOR for
 //! groups routed elsewhere, merged in the order asked with C's answers, whose
-//! topic names are made logical.
+//! topic names are made logical; DescribeCluster shows the brokers and controller
+//! the routed Metadata shows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
+use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
-    DescribeGroupsResponse, GroupId, ListGroupsResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
+    ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest, OffsetFetchResponse,
     TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::routing::{Ctx, RouteError};
-use super::{offsets, Action, Forwarded, ResponseRewrite};
+use super::{metadata, offsets, Action, Forwarded, ResponseRewrite};
 use crate::codec::{self, DecodeError, RequestFrame};
 use crate::metrics;
 use crate::routes::RouteTable;
@@ -29,12 +34,12 @@ const NOT_COORDINATOR: i16 = ResponseError::NotCoordinator.code();
 /// physical → logical names of the topics renamed on one cluster.
 pub type Renames = HashMap<TopicName, TopicName>;
 
-/// Whether [`route`] takes `frame`: ListGroups, DescribeGroups, and
+/// Whether [`route`] takes `frame`: ListGroups, DescribeGroups, DescribeCluster, and
 /// OffsetFetch v8 naming other than exactly one group (one group is a group API
 /// like any other, routed with them).
 pub fn takes(frame: &RequestFrame) -> bool {
     match frame.api {
-        ApiKey::ListGroups | ApiKey::DescribeGroups => true,
+        ApiKey::ListGroups | ApiKey::DescribeGroups | ApiKey::DescribeCluster => true,
         ApiKey::OffsetFetch => {
             frame.version() >= 8
                 && frame
@@ -54,6 +59,7 @@ pub async fn route(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Option<Act
             let rewrite = ResponseRewrite::ListGroups { routes, cluster };
             return Ok(Some(forward(frame, frame.bytes.clone(), rewrite)));
         }
+        ApiKey::DescribeCluster => return describe_cluster(ctx, frame).await,
         ApiKey::DescribeGroups => {
             let mut req: DescribeGroupsRequest = frame.decode()?;
             let plan = GroupsPlan::new(&ctx.routes, &here, req.groups.iter().map(|g| &g.0));
@@ -341,6 +347,89 @@ pub fn rewrite_offset_fetch_renamed(
     let (h, mut resp) = codec::decode_response::<OffsetFetchResponse>(api, v, frame)?;
     logical_offsets(&mut resp, renames);
     codec::encode_response(api, v, h.correlation_id, &resp)
+}
+
+// --------------------------------------------------------- DescribeCluster
+
+/// Brokers alone need no view of topics.
+struct NoTopics;
+
+impl metadata::TopicView for NoTopics {
+    fn cluster_of(&self, _: &str) -> String {
+        String::new()
+    }
+    fn physical(&self, topic: &str, _: &str) -> String {
+        topic.to_string()
+    }
+    fn logical(&self, _: &str, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// DescribeCluster for brokers (endpoint type 1): each cluster is asked for
+/// Metadata of no topics, merged as the routed Metadata is. A cluster that does not
+/// answer contributes no brokers; when none does, REQUEST_TIMED_OUT. Controller
+/// endpoints (type 2) are the connection's cluster's.
+async fn describe_cluster(
+    ctx: &mut Ctx<'_>,
+    frame: &RequestFrame,
+) -> Result<Option<Action>, RouteError> {
+    let req: DescribeClusterRequest = frame.decode()?;
+    if frame.version() >= 1 && req.endpoint_type != 1 {
+        return Ok(None);
+    }
+    let timeout = ctx
+        .proxy
+        .config()
+        .proxy
+        .connect_timeout
+        .max(Duration::from_secs(10));
+    let ops = req.include_cluster_authorized_operations;
+    let mut answers = Vec::new();
+    for c in ctx.proxy.clusters() {
+        let mut response = None;
+        if let Some(v) = c.version_for(ApiKey::Metadata, 9).filter(|v| *v >= 1) {
+            let ask = MetadataRequest::default().with_topics(Some(Vec::new()));
+            let ask = ask.with_include_cluster_authorized_operations(ops && v >= 8);
+            match c
+                .call::<_, MetadataResponse>(ApiKey::Metadata, v, &ask, timeout)
+                .await
+            {
+                Ok(mut r) => {
+                    metadata::rewrite_metadata(&mut r, &ctx.proxy.virtual_map(c));
+                    response = Some(r);
+                }
+                Err(e) => {
+                    tracing::debug!(cluster = c.name(), error = %e, "DescribeCluster: no metadata")
+                }
+            }
+        }
+        let cluster = c.name().to_string();
+        answers.push(metadata::ClusterAnswer { cluster, response });
+    }
+    let answered = answers.iter().any(|a| a.response.is_some());
+    let merged = metadata::merge(answers, Some(&[]), &ctx.routes.default_cluster, &NoTopics);
+    let broker = |b: MetadataResponseBroker| {
+        let d = DescribeClusterBroker::default()
+            .with_broker_id(b.node_id)
+            .with_rack(b.rack);
+        d.with_host(b.host).with_port(b.port)
+    };
+    let mut resp = DescribeClusterResponse::default()
+        .with_throttle_time_ms(merged.throttle_time_ms)
+        .with_cluster_id(StrBytes::from_string(ctx.map.cluster_id.clone()))
+        .with_controller_id(merged.controller_id)
+        .with_brokers(merged.brokers.into_iter().map(broker).collect());
+    if ops {
+        resp.cluster_authorized_operations = merged.cluster_authorized_operations;
+    }
+    if !answered {
+        resp.error_code = ResponseError::RequestTimedOut.code();
+    }
+    let (v, id) = (frame.version(), frame.correlation_id());
+    Ok(Some(Action::Respond(codec::encode_response(
+        frame.api, v, id, &resp,
+    )?)))
 }
 
 #[cfg(test)]
