@@ -34,12 +34,14 @@ use kafka_protocol::records::{
 };
 use switchyard::codec::{self, Framing};
 use switchyard::config::Config;
+use switchyard::handlers::group_admin::GroupsPlan;
 use switchyard::handlers::offsets::EpochQuery;
 use switchyard::handlers::plan::{Plan, Refused};
 use switchyard::handlers::sasl::{SaslState, ServerSasl};
 use switchyard::handlers::Session;
 use switchyard::handlers::{self, api_versions, Forwarded, ResponseRewrite, VirtualMap};
 use switchyard::proxy::Proxy;
+use switchyard::routes::RouteTable;
 use switchyard::sasl::{self as sasl_auth, Credentials, ScramEntry, ScramServer};
 use switchyard::switch::producers;
 
@@ -1036,9 +1038,28 @@ fn renames() -> HashMap<TopicName, TopicName> {
 
 /// The rewrites the proxy applies to a response of `api`, with the client's api and
 /// version each answers.
-fn rewrites_for(api: ApiKey, version: i16, rng_bit: bool) -> Vec<(ResponseRewrite, ApiKey, i16)> {
+fn rewrites_for(
+    api: ApiKey,
+    version: i16,
+    rng_bit: bool,
+    routes: &Arc<RouteTable>,
+) -> Vec<(ResponseRewrite, ApiKey, i16)> {
     let same = |r: ResponseRewrite| (r, api, version);
+    // Groups "g" (routed to the target) and "abc" (to the source), as the target sees
+    // them: one answered by the proxy, one forwarded.
+    let groups = || {
+        let ids = [
+            StrBytes::from_static_str("g"),
+            StrBytes::from_static_str("abc"),
+        ];
+        Box::new(GroupsPlan::new(routes, "target", ids.iter()))
+    };
     match api {
+        ApiKey::ListGroups => vec![same(ResponseRewrite::ListGroups {
+            routes: routes.clone(),
+            cluster: "target".into(),
+        })],
+        ApiKey::DescribeGroups => vec![same(ResponseRewrite::Groups(groups()))],
         ApiKey::Metadata => vec![same(ResponseRewrite::Metadata)],
         ApiKey::FindCoordinator => vec![same(ResponseRewrite::FindCoordinator)],
         ApiKey::DescribeCluster => vec![same(ResponseRewrite::DescribeCluster)],
@@ -1064,6 +1085,7 @@ fn rewrites_for(api: ApiKey, version: i16, rng_bit: bool) -> Vec<(ResponseRewrit
         ApiKey::OffsetFetch => vec![
             same(ResponseRewrite::OffsetFetch),
             same(ResponseRewrite::OffsetsRenamed(renames())),
+            same(ResponseRewrite::Groups(groups())),
         ],
         ApiKey::OffsetCommit => vec![same(ResponseRewrite::OffsetsRenamed(renames()))],
         ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
@@ -1100,7 +1122,9 @@ fn run_response(api: ApiKey, version: i16, input: &[u8], ctx: &Ctx, bit: bool) -
     if d.tag_bug {
         TAG_BUG.fetch_add(1, Ordering::Relaxed);
     }
-    for (rewrite, client_api, client_version) in rewrites_for(api, version, bit) {
+    for (rewrite, client_api, client_version) in
+        rewrites_for(api, version, bit, &ctx.proxies[1].routes())
+    {
         let fwd = Forwarded {
             upstream_api: api,
             upstream_version: version,

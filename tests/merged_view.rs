@@ -630,3 +630,537 @@ fn an_incremental_fetch_session_on_the_cluster_a_reader_left_is_ended() {
     );
     assert_eq!(fetches(), 2);
 }
+
+// ------------------------------------------------------------------ groups
+
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
+use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as OwnedPartitions;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
+    ListGroupsRequest, ListGroupsResponse, OffsetFetchRequest, OffsetFetchResponse,
+};
+
+/// `billing` and `billing-eu` are coordinated on the target, every other group on
+/// the source.
+const GROUP_ROUTES: &str = "\n[routes.groups.\"billing\"]\ncluster = \"target\"\n\n\
+    [routes.groups.\"billing-eu\"]\ncluster = \"target\"\n";
+
+fn group(s: &str) -> GroupId {
+    GroupId(StrBytes::from_string(s.to_string()))
+}
+
+/// A consumer-protocol message as a member sends it: its version, then its body.
+fn versioned<T: Encodable>(version: i16, msg: &T) -> Bytes {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&version.to_be_bytes());
+    msg.encode(&mut b, version).unwrap();
+    b.freeze()
+}
+
+fn unversioned<T: Decodable>(bytes: &Bytes) -> T {
+    let mut b = bytes.slice(2..);
+    T::decode(&mut b, i16::from_be_bytes([bytes[0], bytes[1]])).unwrap()
+}
+
+/// A broker's groups: ListGroups lists `groups`; DescribeGroups describes each
+/// group asked as a stable consumer group whose one member subscribes to `topics`
+/// and owns and is assigned partition 0 of the first; OffsetFetch answers
+/// `committed` (topic, offset) for all topics, offset 7 for each partition named.
+fn group_broker(
+    groups: &'static [&'static str],
+    topics: &'static [&'static str],
+    committed: &'static [(&'static str, i64)],
+) -> Arc<Extra> {
+    Arc::new(move |api, v, body| match api {
+        ApiKey::ListGroups => {
+            let resp = ListGroupsResponse::default().with_groups(
+                groups
+                    .iter()
+                    .map(|g| {
+                        ListedGroup::default()
+                            .with_group_id(group(g))
+                            .with_protocol_type(StrBytes::from_static_str("consumer"))
+                    })
+                    .collect(),
+            );
+            Some(Reply::Body(encode(&resp, v)))
+        }
+        ApiKey::DescribeGroups => {
+            let req = DescribeGroupsRequest::decode(&mut body.clone(), v).unwrap();
+            let subscription = ConsumerProtocolSubscription::default()
+                .with_topics(
+                    topics
+                        .iter()
+                        .map(|t| StrBytes::from_static_str(t))
+                        .collect(),
+                )
+                .with_owned_partitions(vec![OwnedPartitions::default()
+                    .with_topic(name(topics[0]))
+                    .with_partitions(vec![0])]);
+            let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+                AssignedPartitions::default()
+                    .with_topic(name(topics[0]))
+                    .with_partitions(vec![0]),
+            ]);
+            let member = DescribedGroupMember::default()
+                .with_member_id(StrBytes::from_static_str("m-1"))
+                .with_member_metadata(versioned(1, &subscription))
+                .with_member_assignment(versioned(1, &assignment));
+            let resp = DescribeGroupsResponse::default().with_groups(
+                req.groups
+                    .iter()
+                    .map(|g| {
+                        DescribedGroup::default()
+                            .with_group_id(g.clone())
+                            .with_group_state(StrBytes::from_static_str("Stable"))
+                            .with_protocol_type(StrBytes::from_static_str("consumer"))
+                            .with_protocol_data(StrBytes::from_static_str("range"))
+                            .with_members(vec![member.clone()])
+                    })
+                    .collect(),
+            );
+            Some(Reply::Body(encode(&resp, v)))
+        }
+        ApiKey::OffsetFetch => {
+            let req = OffsetFetchRequest::decode(&mut body.clone(), v).unwrap();
+            let answer =
+                |asked: Option<Vec<(TopicName, Vec<i32>)>>| -> Vec<(TopicName, Vec<(i32, i64)>)> {
+                    match asked {
+                        None => committed
+                            .iter()
+                            .map(|(t, o)| (name(t), vec![(0, *o)]))
+                            .collect(),
+                        Some(list) => list
+                            .into_iter()
+                            .map(|(t, ps)| (t, ps.into_iter().map(|p| (p, 7)).collect()))
+                            .collect(),
+                    }
+                };
+            let resp = if v >= 8 {
+                OffsetFetchResponse::default().with_groups(
+                    req.groups
+                        .iter()
+                        .map(|g| {
+                            let asked = g.topics.as_ref().map(|ts| {
+                                ts.iter()
+                                    .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                                    .collect()
+                            });
+                            OffsetFetchResponseGroup::default()
+                                .with_group_id(g.group_id.clone())
+                                .with_topics(
+                                    answer(asked)
+                                        .into_iter()
+                                        .map(|(t, ps)| {
+                                            OffsetFetchResponseTopics::default()
+                                                .with_name(t)
+                                                .with_partitions(
+                                                    ps.into_iter()
+                                                        .map(|(p, o)| {
+                                                            OffsetFetchResponsePartitions::default()
+                                                                .with_partition_index(p)
+                                                                .with_committed_offset(o)
+                                                        })
+                                                        .collect(),
+                                                )
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+            } else {
+                let asked = req.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                OffsetFetchResponse::default().with_topics(
+                    answer(asked)
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            OffsetFetchResponseTopic::default()
+                                .with_name(t)
+                                .with_partitions(
+                                    ps.into_iter()
+                                        .map(|(p, o)| {
+                                            OffsetFetchResponsePartition::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(o)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+            };
+            Some(Reply::Body(encode(&resp, v)))
+        }
+        _ => None,
+    })
+}
+
+/// Both clusters know the groups `billing` (routed to the target), `shared`
+/// (routed to the source, the default) and one of their own; the source's members
+/// read `both`, the target's `mirror.renamed` (the target's name of `renamed`).
+/// The target has committed offsets for `mirror.renamed`, `moved` and its own
+/// topic literally named `renamed`.
+fn group_setup(name: &str) -> Setup {
+    let (source_seen, target_seen) = (Seen::default(), Seen::default());
+    let source = loose_broker(
+        &["both", "only-s", "renamed"],
+        source_seen.clone(),
+        group_broker(
+            &["billing", "shared", "only-s-group"],
+            &["both"],
+            &[("both", 1), ("only-s", 2)],
+        ),
+    );
+    let target = loose_broker(
+        &["both", "moved", "only-t", "mirror.renamed", "renamed"],
+        target_seen.clone(),
+        group_broker(
+            &["billing", "shared", "only-t-group"],
+            &["mirror.renamed", "both"],
+            &[("mirror.renamed", 5), ("renamed", 9), ("moved", 3)],
+        ),
+    );
+    let toml = format!(
+        "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = 0\n\n\
+         [clusters.target]\nbootstrap = [\"{}\"]\nnode_id_offset = 1000\n\n{ROUTES}{GROUP_ROUTES}",
+        source.bootstrap(),
+        target.bootstrap()
+    );
+    let proxy = InProcess::start(name, &toml, &[0, 1000]);
+    Setup {
+        source_seen,
+        target_seen,
+        proxy,
+        _source: source,
+        _target: target,
+    }
+}
+
+/// The bodies of the requests of `api` a broker received, decoded.
+fn requests<T: Decodable>(seen: &Seen, api: ApiKey) -> Vec<T> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _, _)| *k == api as i16)
+        .map(|(_, v, body)| T::decode(&mut body.clone(), *v).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_admin_asking_every_broker_lists_each_group_once_from_its_routed_cluster() {
+    let s = group_setup("merged-list-groups");
+    let mut all = Vec::new();
+    for (broker, expect) in [(0, vec!["shared", "only-s-group"]), (1000, vec!["billing"])] {
+        let mut client = Client::connect(&s.proxy.broker(broker));
+        for version in [0, 4] {
+            let resp: ListGroupsResponse =
+                client.call(ApiKey::ListGroups, version, &ListGroupsRequest::default());
+            let ids: Vec<String> = resp.groups.iter().map(|g| g.group_id.to_string()).collect();
+            assert_eq!(ids, expect, "broker {broker} v{version}");
+        }
+        all.extend(expect);
+    }
+    // Each group once; `only-t-group` is on the target only and routed to the
+    // source, so no client could use it through the proxy: not listed.
+    all.sort();
+    assert_eq!(all, ["billing", "only-s-group", "shared"]);
+}
+
+#[test]
+fn groups_routed_elsewhere_are_not_described_by_the_cluster_asked() {
+    let s = group_setup("merged-describe-groups");
+    let describe = |groups: &[&str]| {
+        DescribeGroupsRequest::default().with_groups(groups.iter().map(|g| group(g)).collect())
+    };
+    let described = |resp: &DescribeGroupsResponse| -> Vec<(String, i16)> {
+        resp.groups
+            .iter()
+            .map(|g| (g.group_id.to_string(), g.error_code))
+            .collect()
+    };
+
+    // On the source: `billing` is the target's, answered NOT_COORDINATOR (16) by
+    // the proxy in its place; the rest went up and came back in the order asked.
+    let mut source = Client::connect(&s.proxy.broker(0));
+    for version in [0, 5] {
+        let resp: DescribeGroupsResponse = source.call(
+            ApiKey::DescribeGroups,
+            version,
+            &describe(&["shared", "billing", "other"]),
+        );
+        assert_eq!(
+            described(&resp),
+            [
+                ("shared".into(), 0),
+                ("billing".into(), 16),
+                ("other".into(), 0)
+            ],
+            "v{version}"
+        );
+    }
+    let sent: Vec<Vec<String>> =
+        requests::<DescribeGroupsRequest>(&s.source_seen, ApiKey::DescribeGroups)
+            .iter()
+            .map(|r| r.groups.iter().map(|g| g.to_string()).collect())
+            .collect();
+    assert_eq!(sent, vec![vec!["shared", "other"]; 2]);
+
+    // On the target, where `renamed` is `mirror.renamed`: the member's subscription
+    // and assignment name the logical topic.
+    let mut target = Client::connect(&s.proxy.broker(1000));
+    let resp: DescribeGroupsResponse =
+        target.call(ApiKey::DescribeGroups, 5, &describe(&["billing"]));
+    assert_eq!(described(&resp), [("billing".into(), 0)]);
+    let member = &resp.groups[0].members[0];
+    let sub: ConsumerProtocolSubscription = unversioned(&member.member_metadata);
+    assert_eq!(
+        sub.topics,
+        ["renamed", "both"].map(StrBytes::from_static_str)
+    );
+    assert_eq!(sub.owned_partitions[0].topic.as_str(), "renamed");
+    let assignment: ConsumerProtocolAssignment = unversioned(&member.member_assignment);
+    assert_eq!(assignment.assigned_partitions[0].topic.as_str(), "renamed");
+    assert_eq!(
+        &member.member_metadata[..2],
+        &[0, 1],
+        "the member's version is kept"
+    );
+
+    // Only groups routed elsewhere: answered without going up.
+    let resp: DescribeGroupsResponse =
+        target.call(ApiKey::DescribeGroups, 5, &describe(&["shared"]));
+    assert_eq!(described(&resp), [("shared".into(), 16)]);
+    assert_eq!(
+        requests::<DescribeGroupsRequest>(&s.target_seen, ApiKey::DescribeGroups).len(),
+        1
+    );
+}
+
+#[test]
+fn describe_cluster_shows_the_brokers_metadata_shows() {
+    let s = group_setup("merged-describe-cluster");
+    let brokers = |resp: &DescribeClusterResponse| -> Vec<(i32, String, i32)> {
+        let mut b: Vec<_> = resp
+            .brokers
+            .iter()
+            .map(|b| (b.broker_id.0, b.host.to_string(), b.port))
+            .collect();
+        b.sort();
+        b
+    };
+    let req = DescribeClusterRequest::default();
+    let mut client = Client::connect(&s.proxy.broker(1000));
+    let m = metadata(&mut client, 9, Some(&[]));
+    let mut shown: Vec<(i32, String, i32)> = m
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, b.host.to_string(), b.port))
+        .collect();
+    shown.sort();
+    assert_eq!(shown.iter().map(|b| b.0).collect::<Vec<_>>(), [0, 1000]);
+    for version in [0, 1] {
+        let resp: DescribeClusterResponse = client.call(ApiKey::DescribeCluster, version, &req);
+        assert_eq!(resp.error_code, 0);
+        assert_eq!(
+            brokers(&resp),
+            shown,
+            "v{version}, on a connection to the target"
+        );
+        assert_eq!(resp.controller_id.0, m.controller_id.0);
+        assert_eq!(resp.controller_id.0, 0, "the default cluster's controller");
+        assert_eq!(resp.cluster_id.as_str(), "switchyard-test");
+    }
+    // A cluster that does not answer contributes no brokers.
+    let Setup { proxy, _target, .. } = s;
+    drop(_target);
+    let mut client = Client::connect(&proxy.broker(0));
+    let resp: DescribeClusterResponse = client.call(ApiKey::DescribeCluster, 1, &req);
+    assert_eq!(resp.error_code, 0);
+    assert_eq!(brokers(&resp), shown[..1]);
+}
+
+/// (topic, partition, offset) of one group's answer.
+type Offsets = Vec<(String, i32, i64)>;
+
+/// One group's offsets, sorted.
+fn offsets_of(topics: Vec<(String, Vec<(i32, i64)>)>) -> Offsets {
+    let mut out: Vec<_> = topics
+        .into_iter()
+        .flat_map(|(t, ps)| ps.into_iter().map(move |(p, o)| (t.clone(), p, o)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn group_offsets(g: &OffsetFetchResponseGroup) -> Vec<(String, i32, i64)> {
+    offsets_of(
+        g.topics
+            .iter()
+            .map(|t| {
+                let ps = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.committed_offset));
+                (t.name.to_string(), ps.collect())
+            })
+            .collect(),
+    )
+}
+
+/// Every committed offset of `group` at `version` (v8 as a one-group batch).
+fn all_offsets(client: &mut Client, version: i16, g: &str) -> Vec<(String, i32, i64)> {
+    let req = if version >= 8 {
+        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(group(g))
+            .with_topics(None)])
+    } else {
+        OffsetFetchRequest::default()
+            .with_group_id(group(g))
+            .with_topics(None)
+    };
+    let resp: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, version, &req);
+    if version >= 8 {
+        assert_eq!(resp.groups.len(), 1);
+        assert_eq!(resp.groups[0].error_code, 0);
+        return group_offsets(&resp.groups[0]);
+    }
+    assert_eq!(resp.error_code, 0);
+    offsets_of(
+        resp.topics
+            .iter()
+            .map(|t| {
+                let ps = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.committed_offset));
+                (t.name.to_string(), ps.collect())
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn offsets_of_all_partitions_name_logical_topics_only() {
+    let s = group_setup("merged-offset-fetch");
+    // The target, where `renamed` is `mirror.renamed`: the renamed topic under its
+    // logical name, once; its physical name never; the target's own `renamed`
+    // hidden behind it, as Metadata hides it.
+    let mut target = Client::connect(&s.proxy.broker(1000));
+    let expect = vec![("moved".to_string(), 0, 3), ("renamed".to_string(), 0, 5)];
+    for version in 2..=8 {
+        assert_eq!(
+            all_offsets(&mut target, version, "billing"),
+            expect,
+            "v{version}"
+        );
+    }
+    // The source has no renames: its answer as it is.
+    let mut source = Client::connect(&s.proxy.broker(0));
+    for version in [2, 7, 8] {
+        assert_eq!(
+            all_offsets(&mut source, version, "shared"),
+            [("both".to_string(), 0, 1), ("only-s".to_string(), 0, 2)],
+            "v{version}"
+        );
+    }
+
+    // Several groups at once (v8): each group's own answer, the proxy's
+    // NOT_COORDINATOR for a group coordinated elsewhere, in the order asked.
+    let batch = |groups: &[(&str, Option<&str>)]| {
+        OffsetFetchRequest::default()
+            .with_require_stable(true)
+            .with_groups(
+                groups
+                    .iter()
+                    .map(|(g, t)| {
+                        OffsetFetchRequestGroup::default()
+                            .with_group_id(group(g))
+                            .with_topics(t.map(|t| {
+                                vec![OffsetFetchRequestTopics::default()
+                                    .with_name(name(t))
+                                    .with_partition_indexes(vec![0])]
+                            }))
+                    })
+                    .collect(),
+            )
+    };
+    let resp: OffsetFetchResponse = target.call(
+        ApiKey::OffsetFetch,
+        8,
+        &batch(&[
+            ("billing", None),
+            ("shared", None),
+            ("billing-eu", Some("renamed")),
+        ]),
+    );
+    let got: Vec<(String, i16, Offsets)> = resp
+        .groups
+        .iter()
+        .map(|g| (g.group_id.to_string(), g.error_code, group_offsets(g)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("billing".to_string(), 0, expect.clone()),
+            ("shared".to_string(), 16, vec![]),
+            (
+                "billing-eu".to_string(),
+                0,
+                vec![("renamed".to_string(), 0, 7)]
+            ),
+        ]
+    );
+    // The target was asked for its own groups only, under its own topic names.
+    let sent = requests::<OffsetFetchRequest>(&s.target_seen, ApiKey::OffsetFetch);
+    let last = sent.last().unwrap();
+    assert!(last.require_stable);
+    let asked: Vec<(String, Option<Vec<String>>)> = last
+        .groups
+        .iter()
+        .map(|g| {
+            let topics = g
+                .topics
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| t.name.to_string()).collect());
+            (g.group_id.to_string(), topics)
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("billing".to_string(), None),
+            (
+                "billing-eu".to_string(),
+                Some(vec!["mirror.renamed".to_string()])
+            ),
+        ]
+    );
+    // None of the groups here: answered without going up.
+    let before = sent.len();
+    let resp: OffsetFetchResponse = target.call(
+        ApiKey::OffsetFetch,
+        8,
+        &batch(&[("shared", None), ("other", None)]),
+    );
+    let codes: Vec<i16> = resp.groups.iter().map(|g| g.error_code).collect();
+    assert_eq!(codes, [16, 16]);
+    assert_eq!(
+        requests::<OffsetFetchRequest>(&s.target_seen, ApiKey::OffsetFetch).len(),
+        before
+    );
+}

@@ -198,8 +198,14 @@ pub(crate) async fn group_api(
             if frame.version() >= 8 {
                 match req.groups.as_slice() {
                     [one] => (one.group_id.to_string(), String::new()),
-                    // Several groups in one OffsetFetch: asked where it was sent.
-                    _ => return Ok(plain(frame)?),
+                    // Several groups in one OffsetFetch: each answered from its
+                    // own cluster's view (group_admin).
+                    _ => {
+                        return match super::group_admin::route(ctx, frame).await? {
+                            Some(action) => Ok(action),
+                            None => Ok(plain(frame)?),
+                        }
+                    }
                 }
             } else {
                 (req.group_id.to_string(), String::new())
@@ -337,34 +343,28 @@ fn offsets_renamed(ctx: &Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>
     )))
 }
 
-/// Names an OffsetCommit or OffsetFetch response logically (physical → logical),
-/// clearing committed epochs as the plain handlers do.
+/// Names an OffsetCommit or OffsetFetch response logically (physical → logical).
+/// OffsetFetch also hides a topic that carries a renamed topic's logical name on
+/// this cluster (group_admin), as Metadata does.
 pub fn rewrite_offsets_renamed(
     frame: Bytes,
     api: ApiKey,
     version: i16,
     reverse: &HashMap<TopicName, TopicName>,
 ) -> Result<Bytes, DecodeError> {
-    let logical = |name: &mut TopicName| {
-        if let Some(l) = reverse.get(name) {
-            *name = l.clone();
-        }
-    };
     match api {
         ApiKey::OffsetCommit => {
             let (h, mut resp) =
                 codec::decode_response::<OffsetCommitResponse>(api, version, frame)?;
-            resp.topics.iter_mut().for_each(|t| logical(&mut t.name));
+            for t in &mut resp.topics {
+                if let Some(l) = reverse.get(&t.name) {
+                    t.name = l.clone();
+                }
+            }
             codec::encode_response(api, version, h.correlation_id, &resp)
         }
         ApiKey::OffsetFetch => {
-            let (h, mut resp) = codec::decode_response::<OffsetFetchResponse>(api, version, frame)?;
-            offsets::clear_offset_fetch_epochs(&mut resp);
-            resp.topics.iter_mut().for_each(|t| logical(&mut t.name));
-            for g in &mut resp.groups {
-                g.topics.iter_mut().for_each(|t| logical(&mut t.name));
-            }
-            codec::encode_response(api, version, h.correlation_id, &resp)
+            super::group_admin::rewrite_offset_fetch_renamed(frame, version, reverse)
         }
         _ => Ok(frame),
     }

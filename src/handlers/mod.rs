@@ -11,6 +11,7 @@ pub mod api_versions;
 pub mod configs;
 mod context;
 pub mod fetch;
+pub mod group_admin;
 pub mod group_link;
 pub mod groups;
 pub mod metadata;
@@ -189,6 +190,14 @@ pub enum ResponseRewrite {
     GroupLink(Box<group_link::GroupLink>),
     /// SyncGroup on a group's new cluster after its switch flipped.
     Settle(Box<group_link::SyncSettle>),
+    /// ListGroups across clusters: only the groups routed to `cluster`.
+    ListGroups {
+        routes: std::sync::Arc<crate::routes::RouteTable>,
+        cluster: String,
+    },
+    /// DescribeGroups, OffsetFetch v8 across clusters: the proxy's NOT_COORDINATOR
+    /// entries merged back, names made logical.
+    Groups(Box<group_admin::GroupsPlan>),
 }
 
 /// What to do with one request.
@@ -244,11 +253,9 @@ pub async fn dispatch(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action,
         | ApiKey::DescribeConfigs
         | ApiKey::AlterConfigs
         | ApiKey::IncrementalAlterConfigs => topic_admin::handle(ctx, frame).await,
-        ApiKey::DescribeCluster => Ok(context::forward(
-            frame,
-            frame.bytes.clone(),
-            ResponseRewrite::DescribeCluster,
-        )),
+        ApiKey::ListGroups | ApiKey::DescribeGroups | ApiKey::DescribeCluster => {
+            group_admin::handle(ctx, frame).await
+        }
         // Everything else on the allowlist names nothing the proxy must map.
         _ => Ok(context::forward(
             frame,
@@ -319,6 +326,10 @@ fn rewrite_with(
         ResponseRewrite::OffsetsRenamed(reverse) => {
             groups::rewrite_offsets_renamed(frame, api, version, reverse)
         }
+        ResponseRewrite::ListGroups { routes, cluster } => {
+            group_admin::rewrite_list_groups(frame, version, routes, cluster)
+        }
+        ResponseRewrite::Groups(plan) => group_admin::rewrite_groups(frame, api, version, plan),
         ResponseRewrite::EpochFromListOffsets(query) => {
             debug_assert_eq!(client_api, ApiKey::OffsetForLeaderEpoch);
             offsets::epoch_response_from_list_offsets(frame, version, client_version, query)
