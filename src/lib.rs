@@ -10,23 +10,32 @@
 //!
 //! # Layout
 //!
+//! Modules depend on each other in one direction only (no import circles), in
+//! roughly this order from the bottom:
+//!
 //! - [`config`]: TOML + environment → validated [`config::Config`], every error at once.
-//! - [`routes`]: the immutable, versioned routing table.
-//! - [`proxy`]: shared run-time state (config, routes, clusters, API table) behind `ArcSwap`.
-//! - [`listener`]: accept loops for the bootstrap port and one port per virtual broker.
-//! - [`connection`]: one reader/pump task pair per client socket; ordering, backpressure.
+//! - [`tls`], [`sasl`], [`token`]: rustls configurations, PLAIN/SCRAM on both
+//!   sides, the admin API's bearer token.
 //! - [`codec`]: framing and header decoding; no I/O.
-//! - [`handlers`]: one file per API family; what to answer, forward or rewrite.
-//!   With several clusters, `handlers::routing` decides per request what belongs on
-//!   the connection's cluster, `handlers::metadata::merge` builds the one view of
-//!   topics every client gets, and `handlers::topic_admin` splits topic admin
-//!   requests by the cluster each topic is written on (docs/merged-view.md).
+//! - [`routes`]: the immutable, versioned routing table (group pins included).
+//! - [`state`]: the persisted state store (switch marks, group switch phases).
 //! - [`upstream`]: connections to brokers, and each cluster's brokers and API versions.
-//! - [`switch`]: the cutover machinery: produce flips and their marks, virtual
-//!   producer ids, group attribution.
-//! - [`state`]: the persisted state store (switch marks), fsynced JSON lines.
-//! - [`sasl`]: PLAIN and SCRAM, server side (clients) and client side (clusters).
-//! - [`tls`]: rustls configurations for the listener and for each cluster.
+//! - [`switch`]: the cutover machinery's state: produce flips and their marks,
+//!   virtual producer ids, group attribution and group switch phases as the
+//!   request path sees them, offset translation.
+//! - [`handlers`]: the request path. [`handlers::dispatch`] is the one entry from
+//!   an API to its handler, with one cluster or many; each API family owns its
+//!   request and response side (`produce`, `fetch`, `offsets`, `metadata`,
+//!   `groups`, `group_admin`, `topic_admin`, `configs`, `api_versions`, `sasl`).
+//!   Handlers get a per-request [`handlers::Ctx`]: the routing table loaded once,
+//!   the connection's cluster and session, and the shared state through the
+//!   [`handlers::Shared`] trait, never the proxy itself (docs/architecture.md).
+//! - [`proxy`]: the shared run-time state behind `ArcSwap`; implements `Shared`.
+//! - [`control`]: every change to routing: reload, topic and group switches and
+//!   rollbacks, the group handoff task; one change at a time.
+//! - [`connection`]: one reader/pump task pair per client socket; ordering,
+//!   backpressure, bounded buffers.
+//! - [`listener`]: accept loops for the bootstrap port and one port per virtual broker.
 //! - [`admin`]: the HTTP admin API (`/metrics`, `/status`, `/reload`, `/switch`, `/rollback`).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`server`]: wires the above together and runs until shutdown.
