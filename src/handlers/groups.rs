@@ -168,6 +168,8 @@ pub(crate) async fn group_api(
     if !ctx.shared.multi_cluster() {
         return Ok(plain(frame)?);
     }
+    // Decoded once; offset requests are used again below.
+    let mut offsets_req = Offsets::Other;
     let (group, member): (String, String) = match frame.api {
         ApiKey::JoinGroup => {
             let r: JoinGroupRequest = frame.decode()?;
@@ -191,13 +193,19 @@ pub(crate) async fn group_api(
         }
         ApiKey::OffsetCommit => {
             let r: OffsetCommitRequest = frame.decode()?;
-            (r.group_id.to_string(), r.member_id.to_string())
+            let ids = (r.group_id.to_string(), r.member_id.to_string());
+            offsets_req = Offsets::Commit(r);
+            ids
         }
         ApiKey::OffsetFetch => {
             let req: OffsetFetchRequest = frame.decode()?;
             if frame.version() >= 8 {
                 match req.groups.as_slice() {
-                    [one] => (one.group_id.to_string(), String::new()),
+                    [one] => {
+                        let ids = (one.group_id.to_string(), String::new());
+                        offsets_req = Offsets::Fetch(req);
+                        ids
+                    }
                     // Several groups in one OffsetFetch: each answered from its
                     // own cluster's view (group_admin).
                     _ => {
@@ -208,7 +216,9 @@ pub(crate) async fn group_api(
                     }
                 }
             } else {
-                (req.group_id.to_string(), String::new())
+                let ids = (req.group_id.to_string(), String::new());
+                offsets_req = Offsets::Fetch(req);
+                ids
             }
         }
         _ => return Ok(plain(frame)?),
@@ -271,10 +281,7 @@ pub(crate) async fn group_api(
                 _ => {}
             }
         }
-        let action = match offsets_renamed(ctx, frame)? {
-            Some(a) => a,
-            None => plain(frame)?,
-        };
+        let action = offsets_action(ctx, frame, offsets_req)?;
         let Some(refresh_only) = link else {
             return Ok(action);
         };
@@ -291,15 +298,20 @@ pub(crate) async fn group_api(
     group_error(frame, NOT_COORDINATOR)
 }
 
-/// OffsetCommit and OffsetFetch of a group on a cluster where topics have other
-/// names (`rename`): physical names go upstream, logical ones come back. None: no
-/// renamed topic here, the plain handler forwards it.
-fn offsets_renamed(ctx: &Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>, RouteError> {
+/// An offset request of a group, decoded once by [`group_api`].
+enum Offsets {
+    Commit(OffsetCommitRequest),
+    Fetch(OffsetFetchRequest),
+    /// Join, Sync, Heartbeat, Leave: forwarded as they are.
+    Other,
+}
+
+/// What goes upstream for a group request on its own cluster: committed epochs
+/// cleared (PROTOCOL.md §1) and, where topics have other names on this cluster
+/// (`rename`), physical names up and logical ones back.
+fn offsets_action(ctx: &Ctx<'_>, frame: &RequestFrame, req: Offsets) -> Result<Action, RouteError> {
     let here = ctx.here();
     let reverse = reverse_renames(&ctx.routes, here);
-    if reverse.is_empty() {
-        return Ok(None);
-    }
     let physical = |name: &mut TopicName, changed: &mut bool| {
         let p = ctx.routes.physical_topic(name, here);
         if p != name.as_str() {
@@ -307,40 +319,66 @@ fn offsets_renamed(ctx: &Ctx<'_>, frame: &RequestFrame) -> Result<Option<Action>
             *changed = true;
         }
     };
-    let mut changed = false;
-    let bytes = match frame.api {
-        ApiKey::OffsetCommit => {
-            let mut req: OffsetCommitRequest = frame.decode()?;
-            offsets::clear_offset_commit_epochs(&mut req);
-            for t in &mut req.topics {
-                physical(&mut t.name, &mut changed);
-            }
-            codec::encode_request(frame.api, &frame.header, &req)?
+    let renamed = |reverse: HashMap<TopicName, TopicName>, plain: ResponseRewrite| {
+        if reverse.is_empty() {
+            plain
+        } else {
+            ResponseRewrite::OffsetsRenamed(reverse)
         }
-        ApiKey::OffsetFetch => {
-            let mut req: OffsetFetchRequest = frame.decode()?;
-            for t in req.topics.iter_mut().flatten() {
-                physical(&mut t.name, &mut changed);
-            }
-            for g in &mut req.groups {
-                for t in g.topics.iter_mut().flatten() {
+    };
+    match req {
+        Offsets::Commit(mut req) => {
+            let mut changed = offsets::clear_offset_commit_epochs(&mut req);
+            if !reverse.is_empty() {
+                for t in &mut req.topics {
                     physical(&mut t.name, &mut changed);
+                }
+            }
+            let bytes = if changed {
+                codec::encode_request(frame.api, &frame.header, &req)?
+            } else {
+                frame.bytes.clone()
+            };
+            Ok(forward(
+                frame,
+                bytes,
+                renamed(reverse, ResponseRewrite::None),
+            ))
+        }
+        Offsets::Fetch(mut req) => {
+            let mut changed = false;
+            if !reverse.is_empty() {
+                for t in req.topics.iter_mut().flatten() {
+                    physical(&mut t.name, &mut changed);
+                }
+                for g in &mut req.groups {
+                    for t in g.topics.iter_mut().flatten() {
+                        physical(&mut t.name, &mut changed);
+                    }
                 }
             }
             // Asking for every topic: the answer carries physical names.
             let all = req.topics.is_none() || req.groups.iter().any(|g| g.topics.is_none());
             if !changed && !all {
-                return Ok(None);
+                return Ok(forward(
+                    frame,
+                    frame.bytes.clone(),
+                    ResponseRewrite::OffsetFetch,
+                ));
             }
-            codec::encode_request(frame.api, &frame.header, &req)?
+            let bytes = if changed {
+                codec::encode_request(frame.api, &frame.header, &req)?
+            } else {
+                frame.bytes.clone()
+            };
+            Ok(forward(
+                frame,
+                bytes,
+                renamed(reverse, ResponseRewrite::OffsetFetch),
+            ))
         }
-        _ => return Ok(None),
-    };
-    Ok(Some(forward(
-        frame,
-        bytes,
-        ResponseRewrite::OffsetsRenamed(reverse),
-    )))
+        Offsets::Other => Ok(plain(frame)?),
+    }
 }
 
 /// Names an OffsetCommit or OffsetFetch response logically (physical → logical).
