@@ -1164,3 +1164,90 @@ fn offsets_of_all_partitions_name_logical_topics_only() {
         before
     );
 }
+
+/// One cluster runs the same request path as many: the test drives each API family
+/// through a one-cluster proxy and checks what the broker received and what the
+/// client got. Records and producer ids go up as the client sent them (nothing is
+/// routed elsewhere, so there are no virtual producer ids), leader epochs are
+/// cleared on the way up, and broker ids come back as virtual brokers.
+#[test]
+fn one_cluster_runs_the_same_path_with_nothing_elsewhere() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{
+        FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    };
+    let seen = Seen::default();
+    let broker = loose_broker(&["orders"], seen.clone(), no_extra());
+    let toml = format!(
+        "[clusters.only]\nbootstrap = [\"{}\"]\nnode_id_offset = 100\n\n[routes]\ndefault_cluster = \"only\"\n",
+        broker.bootstrap()
+    );
+    let proxy = InProcess::start("one-cluster", &toml, &[100]);
+    let mut client = Client::connect(&proxy.broker(100));
+    let last = |api: ApiKey| -> (i16, Bytes) {
+        let s = seen.lock().unwrap();
+        let (_, v, b) = s.iter().rev().find(|(k, _, _)| *k == api as i16).unwrap();
+        (*v, b.clone())
+    };
+
+    // Metadata: forwarded, brokers virtual.
+    let m = metadata(&mut client, 9, Some(&["orders"]));
+    assert_eq!(listed(&m).len(), 1, "{m:?}");
+    assert!(
+        m.brokers.iter().all(|b| b.node_id.0 == 100),
+        "{:?}",
+        m.brokers
+    );
+    assert!(m
+        .topics
+        .iter()
+        .all(|t| t.partitions.iter().all(|p| p.leader_id.0 == 100)));
+
+    // InitProducerId: the broker's own id, not a virtual one.
+    let ip: InitProducerIdResponse = client.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(ip.producer_id, ProducerId(5));
+
+    // Produce: the records reach the broker byte for byte.
+    let sent = produce("orders", 5);
+    let _: ProduceResponse = client.call(ApiKey::Produce, 9, &sent);
+    let (v, body) = last(ApiKey::Produce);
+    let up = ProduceRequest::decode(&mut body.clone(), v).unwrap();
+    assert_eq!(
+        up.topic_data[0].partition_data[0].records,
+        sent.topic_data[0].partition_data[0].records
+    );
+
+    // Fetch and ListOffsets: the client's leader epochs go up as -1.
+    let mut f: FetchRequest = fetch(0, -1, &["orders"]);
+    f.topics[0].partitions[0].current_leader_epoch = 7;
+    f.topics[0].partitions[0].last_fetched_epoch = 6;
+    let _: FetchResponse = client.call(ApiKey::Fetch, 12, &f);
+    let (v, body) = last(ApiKey::Fetch);
+    let up = FetchRequest::decode(&mut body.clone(), v).unwrap();
+    let p = &up.topics[0].partitions[0];
+    assert_eq!((p.current_leader_epoch, p.last_fetched_epoch), (-1, -1));
+
+    let lo = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name("orders"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_current_leader_epoch(9)
+                .with_timestamp(-1)])]);
+    let answer: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &lo);
+    let (v, body) = last(ApiKey::ListOffsets);
+    let up = ListOffsetsRequest::decode(&mut body.clone(), v).unwrap();
+    assert_eq!(up.topics[0].partitions[0].current_leader_epoch, -1);
+    assert!(answer.topics[0]
+        .partitions
+        .iter()
+        .all(|p| p.leader_epoch == -1));
+}
