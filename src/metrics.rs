@@ -17,6 +17,10 @@ pub const SWITCH_PHASE: &str = "switchyard_switch_phase";
 pub const GROUP_LAG: &str = "switchyard_group_lag";
 pub const POSITION_MISMATCH_TOTAL: &str = "switchyard_switch_position_mismatch_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
+/// Versions of the shared routing table this instance has not applied yet.
+pub const COORDINATION_VERSION_LAG: &str = "switchyard_coordination_version_lag";
+/// Instances heard from within the session timeout, this one included.
+pub const COORDINATION_INSTANCES: &str = "switchyard_coordination_instances";
 /// Frames rejected before reaching any handler (malformed, oversize, unsupported).
 pub const REJECTED_FRAMES_TOTAL: &str = "switchyard_rejected_frames_total";
 /// Requests (or parts of them) answered with a retriable error because the route
@@ -139,4 +143,10 @@ impl ConnectionMetrics {
         count.increment(1);
         duration.record(seconds);
     }
+}
+
+/// Where this instance stands in the shared routing table (`[coordination]`).
+pub fn coordination(version_lag: u64, live_instances: usize) {
+    gauge!(COORDINATION_VERSION_LAG).set(version_lag as f64);
+    gauge!(COORDINATION_INSTANCES).set(live_instances as f64);
 }

@@ -62,10 +62,24 @@ pub struct Proxy {
     pub(crate) history: Mutex<HashMap<String, PreviousRoute>>,
     /// Group switches in progress, as the request path sees them.
     pub group_switches: Arc<GroupSwitches>,
+    /// Shared routing with other instances (`[coordination]`), if configured.
+    pub(crate) coordination: Option<Arc<crate::switch::coordination::Coordinator>>,
+    /// `[routes]` as this instance last read them from its file (see
+    /// `Proxy::reload` with coordination).
+    pub(crate) file_routes: Mutex<crate::config::RoutesConfig>,
     /// Every task the proxy starts (group switches, reloads), so shutdown waits
     /// for them; `stop` ends them.
     tasks: TaskTracker,
     stop: CancellationToken,
+}
+
+fn clusters_map_get<'a>(
+    clusters: &'a BTreeMap<String, Arc<ClusterView>>,
+    name: &str,
+) -> Result<&'a Arc<ClusterView>, String> {
+    clusters
+        .get(name)
+        .ok_or_else(|| format!("[coordination] cluster `{name}` is not configured"))
 }
 
 pub(crate) fn server_sasl(config: &Config) -> Result<Option<Arc<ServerSasl>>, String> {
@@ -110,6 +124,22 @@ impl Proxy {
         let key = crate::state::secret(&config.proxy.state_dir, "producer-ids.key")
             .map_err(|e| format!("producer id key: {e}"))?;
         let producers = Producers::with_key(Default::default(), key);
+        let coordination = match &config.coordination {
+            None => None,
+            Some(c) => {
+                let cluster: &Arc<ClusterView> = clusters_map_get(&clusters, &c.cluster)?;
+                let timeout = config
+                    .proxy
+                    .connect_timeout
+                    .max(std::time::Duration::from_secs(5));
+                Some(Arc::new(crate::switch::coordination::Coordinator::new(
+                    c.clone(),
+                    cluster.clone(),
+                    timeout,
+                )))
+            }
+        };
+        let file_routes = Mutex::new(config.routes.clone());
         let tls = acceptor(&config)?;
         let sasl = server_sasl(&config)?;
         let token = admin_token(&config)?;
@@ -132,6 +162,8 @@ impl Proxy {
             fail_state_writes: std::sync::atomic::AtomicBool::new(false),
             history: Mutex::new(HashMap::new()),
             group_switches: Arc::new(GroupSwitches::default()),
+            coordination,
+            file_routes,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         }))

@@ -61,6 +61,8 @@ pub async fn run(
     proxy.recompute_api_table();
     // Before any client connects: groups whose switch did not flip stay pinned.
     proxy.resume_switches();
+    // Several instances: follow the shared routing table (serving meanwhile).
+    crate::control::start_coordination(&proxy);
 
     let tracker = TaskTracker::new();
     let listeners = Listeners::new(proxy.clone(), shutdown.clone(), tracker.clone());

@@ -312,6 +312,40 @@ pub fn status_json(proxy: &Proxy) -> Value {
         "virtual_producers": proxy.producers.len(),
         "virtual_producer_bytes": proxy.producers.bytes(),
         "switches": proxy.group_switch_records().iter().map(switch_json).collect::<Vec<_>>(),
+        "coordination": coordination_json(proxy),
+    })
+}
+
+/// Where this instance stands among the instances sharing its routing table
+/// (`null` without `[coordination]`).
+fn coordination_json(proxy: &Proxy) -> Value {
+    let Some(c) = proxy.coordination.as_ref() else {
+        return Value::Null;
+    };
+    let fleet = c.fleet();
+    let now = crate::switch::coordination::now_ms();
+    let live = c.live(now);
+    let instances: Vec<Value> = fleet
+        .instances
+        .iter()
+        .map(|(id, seen)| {
+            json!({
+                "instance": id,
+                "route_version": seen.version,
+                "heartbeat_age_ms": now.saturating_sub(seen.at_ms),
+                "live": live.contains_key(id),
+            })
+        })
+        .collect();
+    json!({
+        "instance": c.config.instance,
+        "cluster": c.config.cluster,
+        "topic": c.config.topic,
+        "published_version": fleet.published,
+        "applied_version": proxy.routes().version,
+        "caught_up": fleet.caught_up,
+        "error": fleet.error,
+        "instances": instances,
     })
 }
 

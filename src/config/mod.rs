@@ -294,6 +294,21 @@ pub struct Config {
     /// Clusters in name order.
     pub clusters: Vec<ClusterConfig>,
     pub routes: RoutesConfig,
+    /// Shared routing through a Kafka topic (None: this process decides alone).
+    pub coordination: Option<CoordinationConfig>,
+}
+
+/// `[coordination]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinationConfig {
+    /// The cluster that holds the shared state topic.
+    pub cluster: String,
+    /// The state topic (one partition, compacted).
+    pub topic: String,
+    /// This process's id among the instances; unique per process.
+    pub instance: String,
+    /// An instance silent this long is no longer counted.
+    pub session_timeout: Duration,
 }
 
 impl Config {
@@ -446,6 +461,68 @@ fn unknown_keys(errors: &mut Vec<String>, section: &str, unknown: &Unknown) {
 impl Config {
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// This config with its `[routes]` replaced by `text` (a `[routes]` section in
+    /// TOML, as [`RoutesConfig::to_toml`] writes it), validated against this
+    /// config's clusters; every problem at once.
+    pub fn with_routes_toml(&self, text: &str) -> Result<Config, ConfigErrors> {
+        let raw = raw_from_toml(text, Vec::<(String, String)>::new())?;
+        let mut errors = Vec::new();
+        let sections: BTreeMap<String, serde::de::IgnoredAny> = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigErrors(vec![format!("routes: {e}")]))?;
+        if sections.keys().any(|k| k != "routes") {
+            errors.push("routes: only a [routes] section may be given".into());
+        }
+        let names: BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+        let routes = validate_routes(&mut errors, &raw.routes, &names);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            routes,
+            ..self.clone()
+        })
+    }
+}
+
+impl RoutesConfig {
+    /// The `[routes]` section that [`Config::with_routes_toml`] reads back as this
+    /// table.
+    pub fn to_toml(&self) -> String {
+        // A JSON string is a valid TOML basic string.
+        let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        let mut out = format!("[routes]\ndefault_cluster = {}\n", q(&self.default_cluster));
+        for t in &self.topics {
+            out.push_str(&format!("\n[routes.topics.{}]\n", q(t.matcher.source())));
+            if let Some(p) = &t.produce {
+                out.push_str(&format!("produce = {}\n", q(p)));
+            }
+            if let Some(c) = &t.consume {
+                out.push_str(&format!("consume = {}\n", q(c)));
+            }
+            if !t.rename.is_empty() {
+                let pairs: Vec<String> = t
+                    .rename
+                    .iter()
+                    .map(|(c, p)| format!("{} = {}", q(c), q(p)))
+                    .collect();
+                out.push_str(&format!("rename = {{ {} }}\n", pairs.join(", ")));
+            }
+        }
+        for g in &self.groups {
+            out.push_str(&format!(
+                "\n[routes.groups.{}]\ncluster = {}\noffsets = {}\nwhen = {}\n",
+                q(g.matcher.source()),
+                q(&g.cluster),
+                q(g.offsets.as_str()),
+                q(g.when.as_str())
+            ));
+        }
+        out
     }
 }
 

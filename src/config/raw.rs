@@ -21,6 +21,19 @@ pub struct RawConfig {
     pub clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     pub routes: RawRoutes,
+    pub coordination: Option<RawCoordination>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[coordination]`: several Switchyard processes share one routing table
+/// through a Kafka topic.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCoordination {
+    pub cluster: Option<String>,
+    pub topic: Option<String>,
+    pub instance: Option<String>,
+    pub session_timeout_ms: Option<u64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

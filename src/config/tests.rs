@@ -208,3 +208,81 @@ fn load_admin_reads_only_the_admin_section() {
     assert_eq!(bind, "127.0.0.1:9700".parse().unwrap());
     assert_eq!(auth.token, Some(TokenSource::File(dir.path().join("tok"))));
 }
+
+const TWO: &str = r#"
+    [listener]
+    bind = "127.0.0.1:9092"
+    [clusters.source]
+    bootstrap = ["s:9092"]
+    [clusters.target]
+    bootstrap = ["t:9092"]
+    node_id_offset = 1000
+"#;
+
+#[test]
+fn a_routing_table_written_out_reads_back_the_same() {
+    let c = parse(&format!(
+        r#"{TWO}
+        [routes]
+        default_cluster = "source"
+        [routes.topics."orders"]
+        produce = "target"
+        consume = "source"
+        rename = {{ target = "source.orders", source = "orders \"v1\"" }}
+        [routes.topics."^metrics\\..*$"]
+        produce = "target"
+        rename = {{ target = "src.$0" }}
+        [routes.groups."billing"]
+        cluster = "target"
+        offsets = "mm2"
+        when = "now"
+        [routes.groups."^batch-.*"]
+        cluster = "target"
+        "#
+    ))
+    .unwrap();
+    let text = c.routes.to_toml();
+    let back = c.with_routes_toml(&text).unwrap();
+    assert_eq!(back.routes, c.routes, "{text}");
+    assert_eq!(back, c);
+}
+
+#[test]
+fn a_published_table_is_checked_against_this_config_s_clusters() {
+    let c = parse(&format!("{TWO}\n[routes]\ndefault_cluster = \"source\"\n")).unwrap();
+    let err = c
+        .with_routes_toml(
+            "[routes]\ndefault_cluster = \"elsewhere\"\n[proxy]\ncluster_id = \"x\"\n",
+        )
+        .unwrap_err();
+    let all = err.0.join("\n");
+    assert!(all.contains("unknown cluster `elsewhere`"), "{all}");
+    assert!(all.contains("only a [routes] section"), "{all}");
+}
+
+#[test]
+fn coordination_is_validated_whole() {
+    let c = parse(&format!(
+        "{TWO}\n[routes]\ndefault_cluster = \"source\"\n[coordination]\ncluster = \"target\"\ninstance = \"gw-1\"\n"
+    ))
+    .unwrap();
+    let k = c.coordination.unwrap();
+    assert_eq!(
+        (k.cluster.as_str(), k.topic.as_str(), k.instance.as_str()),
+        ("target", "__switchyard_state", "gw-1")
+    );
+    assert_eq!(k.session_timeout, Duration::from_secs(10));
+    let err = parse(&format!(
+        "{TWO}\n[routes]\ndefault_cluster = \"source\"\n[coordination]\ncluster = \"nowhere\"\nsession_timeout_ms = 5\ncolour = 1\n"
+    ))
+    .unwrap_err();
+    let all = err.0.join("\n");
+    assert!(
+        all.contains("[coordination] cluster: unknown cluster `nowhere`"),
+        "{all}"
+    );
+    assert!(all.contains("session_timeout_ms: 5"), "{all}");
+    assert!(all.contains("colour"), "{all}");
+    let alone = parse(&format!("{TWO}\n[routes]\ndefault_cluster = \"source\"\n")).unwrap();
+    assert!(alone.coordination.is_none());
+}

@@ -1,6 +1,7 @@
 //! From the raw file to a validated [`Config`]: every field checked, every
 //! problem collected, nothing applied until all of it is valid.
 
+use super::raw::{RawCoordination, RawRoutes};
 use super::*;
 
 pub(super) fn parse_matcher(errors: &mut Vec<String>, section: &str, key: &str) -> Option<Matcher> {
@@ -380,6 +381,31 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
     }
     let cluster_names: BTreeSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let routes = validate_routes(&mut errors, &raw.routes, &cluster_names);
+    let coordination =
+        validate_coordination(&mut errors, &raw.coordination, &cluster_names, &listener);
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        proxy,
+        listener,
+        admin_bind,
+        admin_auth,
+        clusters,
+        routes,
+        coordination,
+    })
+}
+
+/// `[routes]` against the configured cluster names: every problem into `errors`.
+/// Also used for a routing table another instance published (control::coordination).
+pub(super) fn validate_routes(
+    errors: &mut Vec<String>,
+    r: &RawRoutes,
+    cluster_names: &BTreeSet<&str>,
+) -> RoutesConfig {
     let check_cluster = |errors: &mut Vec<String>, where_: &str, name: &str| {
         if !cluster_names.contains(name) {
             errors.push(format!(
@@ -388,17 +414,14 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             ));
         }
     };
-
-    // [routes]
-    let r = &raw.routes;
-    unknown_keys(&mut errors, "routes", &r.unknown);
+    unknown_keys(errors, "routes", &r.unknown);
     let default_cluster = match &r.default_cluster {
         Some(d) => {
-            check_cluster(&mut errors, "routes", d);
+            check_cluster(errors, "routes", d);
             d.clone()
         }
-        None if clusters.len() == 1 => clusters[0].name.clone(),
-        None if clusters.is_empty() => String::new(), // already reported
+        None if cluster_names.len() == 1 => cluster_names.iter().next().expect("one").to_string(),
+        None if cluster_names.is_empty() => String::new(), // already reported
         None => {
             errors.push(
                 "[routes] default_cluster: required when more than one cluster is configured"
@@ -410,13 +433,13 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
     let mut topics = Vec::new();
     for (key, t) in &r.topics {
         let section = format!("routes.topics.\"{key}\"");
-        unknown_keys(&mut errors, &section, &t.unknown);
-        let matcher = parse_matcher(&mut errors, "routes.topics", key);
+        unknown_keys(errors, &section, &t.unknown);
+        let matcher = parse_matcher(errors, "routes.topics", key);
         for c in t.produce.iter().chain(t.consume.iter()) {
-            check_cluster(&mut errors, &section, c);
+            check_cluster(errors, &section, c);
         }
         for (c, physical) in &t.rename {
-            check_cluster(&mut errors, &format!("{section}.rename"), c);
+            check_cluster(errors, &format!("{section}.rename"), c);
             if physical.is_empty() {
                 errors.push(format!("[{section}.rename] {c}: empty topic name"));
             }
@@ -441,7 +464,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
     let mut physical_names: BTreeMap<(String, String), String> = BTreeMap::new();
     for t in &topics {
         if let Matcher::Exact(logical) = &t.matcher {
-            for c in &cluster_names {
+            for c in cluster_names.iter() {
                 let physical = t.rename.get(*c).cloned().unwrap_or_else(|| logical.clone());
                 if let Some(other) =
                     physical_names.insert((c.to_string(), physical.clone()), logical.clone())
@@ -463,7 +486,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
             let same = a.produce == b.produce && a.consume == b.consume && a.rename == b.rename;
             if !same {
                 ambiguous_rows(
-                    &mut errors,
+                    errors,
                     "routes.topics",
                     a.matcher.source(),
                     b.matcher.source(),
@@ -474,11 +497,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
     let mut groups = Vec::new();
     for (key, g) in &r.groups {
         let section = format!("routes.groups.\"{key}\"");
-        unknown_keys(&mut errors, &section, &g.unknown);
-        let matcher = parse_matcher(&mut errors, "routes.groups", key);
+        unknown_keys(errors, &section, &g.unknown);
+        let matcher = parse_matcher(errors, "routes.groups", key);
         let cluster = match &g.cluster {
             Some(c) => {
-                check_cluster(&mut errors, &section, c);
+                check_cluster(errors, &section, c);
                 c.clone()
             }
             None => {
@@ -526,7 +549,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         for b in &regex_groups[i + 1..] {
             if (&a.cluster, &a.offsets, &a.when) != (&b.cluster, &b.offsets, &b.when) {
                 ambiguous_rows(
-                    &mut errors,
+                    errors,
                     "routes.groups",
                     a.matcher.source(),
                     b.matcher.source(),
@@ -535,19 +558,67 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErro
         }
     }
 
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    RoutesConfig {
+        default_cluster,
+        topics,
+        groups,
     }
-    Ok(Config {
-        proxy,
-        listener,
-        admin_bind,
-        admin_auth,
-        clusters,
-        routes: RoutesConfig {
-            default_cluster,
-            topics,
-            groups,
-        },
+}
+
+/// `[coordination]`: absent is one process deciding alone.
+pub(super) fn validate_coordination(
+    errors: &mut Vec<String>,
+    raw: &Option<RawCoordination>,
+    cluster_names: &BTreeSet<&str>,
+    listener: &ListenerConfig,
+) -> Option<CoordinationConfig> {
+    let c = raw.as_ref()?;
+    unknown_keys(errors, "coordination", &c.unknown);
+    let cluster = match &c.cluster {
+        Some(name) if cluster_names.contains(name.as_str()) => name.clone(),
+        Some(name) => {
+            errors.push(format!("[coordination] cluster: unknown cluster `{name}`"));
+            String::new()
+        }
+        None => {
+            errors.push("[coordination] cluster: required".into());
+            String::new()
+        }
+    };
+    let topic = c
+        .topic
+        .clone()
+        .unwrap_or_else(|| "__switchyard_state".into());
+    if topic.is_empty() || topic.len() > 249 {
+        errors.push("[coordination] topic: must be 1 to 249 characters".into());
+    }
+    let instance = match &c.instance {
+        Some(i) => i.clone(),
+        None => format!("{}:{}", hostname(), listener.bind.port()),
+    };
+    if instance.is_empty() || instance.len() > 200 {
+        errors.push("[coordination] instance: must be 1 to 200 characters".into());
+    }
+    let ms = c.session_timeout_ms.unwrap_or(10_000);
+    if !(1_000..=300_000).contains(&ms) {
+        errors.push(format!(
+            "[coordination] session_timeout_ms: {ms} is outside 1000..=300000"
+        ));
+    }
+    Some(CoordinationConfig {
+        cluster,
+        topic,
+        instance,
+        session_timeout: Duration::from_millis(ms),
     })
+}
+
+/// This machine's name, for the default instance id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchyard".into())
 }

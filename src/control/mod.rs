@@ -9,8 +9,11 @@
 //! The proxy ([`crate::proxy`]) holds the state these operate on; the request path
 //! ([`crate::handlers`]) only reads it.
 
+mod coordination;
 mod groups;
 pub mod handoff;
+
+pub use coordination::start as start_coordination;
 
 #[cfg(test)]
 mod tests;
@@ -19,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigErrors, GroupRoute, Matcher, OffsetStrategy, SwitchWhen, TopicRoute,
+    Config, ConfigErrors, GroupRoute, Matcher, OffsetStrategy, RoutesConfig, SwitchWhen, TopicRoute,
 };
 use crate::metrics;
 use crate::proxy::{acceptor, admin_token, server_sasl, Proxy};
@@ -64,6 +67,28 @@ pub struct TopicSwitch {
     pub consume: Option<String>,
 }
 
+/// Changes that need a restart, refused on reload.
+fn restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    if new.clusters != old.clusters {
+        errors.push("[clusters]: adding, removing or changing clusters needs a restart".into());
+    }
+    if new.listener != old.listener || new.admin_bind != old.admin_bind {
+        errors.push("[listener]/[admin]: listener changes need a restart".into());
+    }
+    if new.proxy.state_dir != old.proxy.state_dir {
+        errors.push("[proxy] state_dir: changing it needs a restart".into());
+    }
+    if new.coordination != old.coordination {
+        errors.push("[coordination]: changing it needs a restart".into());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 impl Proxy {
     /// Reloads the config file: validates everything, records switch marks for the
     /// topics whose writes move, then swaps the routing table in one store. On any
@@ -82,6 +107,12 @@ impl Proxy {
             Some(path) => Config::load(path),
         };
         let mut unchanged = false;
+        let mut read_routes = None;
+        let result = result.map(|new| {
+            let (new, file) = self.file_routes_rule(new);
+            read_routes = file;
+            new
+        });
         let result = match result {
             Ok(new) if new == *self.config() => {
                 unchanged = true;
@@ -91,6 +122,10 @@ impl Proxy {
             Ok(new) => self.apply(&changing, new).await,
             Err(e) => Err(e),
         };
+        if let (Ok(_), Some(routes)) = (&result, read_routes) {
+            // Proposed and applied: the file's routes are the ones last read.
+            *self.file_routes.lock().expect("file routes lock") = routes;
+        }
         drop(changing);
         match &result {
             Ok(version) if unchanged => {
@@ -110,6 +145,27 @@ impl Proxy {
             }
         }
         result
+    }
+
+    /// With `[coordination]` the published table is the running one, and a file's
+    /// `[routes]` count only when they changed in the file since this instance last
+    /// read it: then they are proposed to every instance. A file left as it was (a
+    /// reload for renewed certificates, an instance whose file another instance's
+    /// change made stale) proposes nothing.
+    /// Returns the config to apply, and the file's routes when they changed (to be
+    /// remembered once the change is in).
+    fn file_routes_rule(&self, mut new: Config) -> (Config, Option<RoutesConfig>) {
+        let Some(_) = &self.coordination else {
+            return (new, None);
+        };
+        let last = self.file_routes.lock().expect("file routes lock").clone();
+        if new.routes == last {
+            new.routes = self.config().routes.clone();
+            (new, None)
+        } else {
+            let read = new.routes.clone();
+            (new, Some(read))
+        }
     }
 
     /// Switches one topic's routes on top of the running table (admin API and CLI).
@@ -200,27 +256,53 @@ impl Proxy {
     /// the first store into memory, so a failure leaves the running proxy exactly as
     /// it was. The caller holds `changing` and built `new` from the running config
     /// while holding it.
-    async fn apply(&self, _changing: &Changing<'_>, new: Config) -> Result<u64, ConfigErrors> {
-        let old = self.config.load_full();
-        let mut errors = Vec::new();
-        if new.clusters != old.clusters {
-            errors.push("[clusters]: adding, removing or changing clusters needs a restart".into());
+    ///
+    /// With `[coordination]`, a change of routes is published to the shared log
+    /// and applied from there, as every instance applies it (control::coordination);
+    /// a change of anything else stays local and keeps the version.
+    async fn apply(&self, changing: &Changing<'_>, new: Config) -> Result<u64, ConfigErrors> {
+        match &self.coordination {
+            None => self.apply_version(changing, new, None).await,
+            Some(_) if new.routes == self.config().routes => {
+                let version = self.routes().version;
+                self.apply_version(changing, new, Some(version)).await
+            }
+            Some(c) => coordination::propose(self, c, changing, new).await,
         }
-        if new.listener != old.listener || new.admin_bind != old.admin_bind {
-            errors.push("[listener]/[admin]: listener changes need a restart".into());
-        }
-        if new.proxy.state_dir != old.proxy.state_dir {
-            errors.push("[proxy] state_dir: changing it needs a restart".into());
-        }
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
+    }
+
+    /// What [`Proxy::apply`] would refuse of `new`, found without changing anything
+    /// (a change is checked so before another instance is asked to apply it).
+    pub(crate) async fn check(
+        &self,
+        _changing: &Changing<'_>,
+        new: &Config,
+    ) -> Result<(), ConfigErrors> {
+        restart_only(&self.config.load_full(), new)?;
+        acceptor(new).map_err(|e| ConfigErrors(vec![e]))?;
+        server_sasl(new).map_err(|e| ConfigErrors(vec![e]))?;
+        admin_token(new).map_err(|e| ConfigErrors(vec![e]))?;
+        let old_table = self.routes.load_full();
+        let table = RouteTable::new(old_table.version + 1, new);
+        self.group_changes(&old_table, &table, BTreeSet::new())
+            .map(|_| ())
+            .map_err(ConfigErrors)
+    }
+
+    /// [`Proxy::apply`] at a given routing table version (`None`: the next one).
+    pub(crate) async fn apply_version(
+        &self,
+        _changing: &Changing<'_>,
+        new: Config,
+        at: Option<u64>,
+    ) -> Result<u64, ConfigErrors> {
+        restart_only(&self.config.load_full(), &new)?;
         // Certificates are re-read on every reload (same paths, renewed files).
         let tls = acceptor(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let sasl = server_sasl(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let token = admin_token(&new).map_err(|e| ConfigErrors(vec![e]))?;
         let old_table = self.routes.load_full();
-        let version = old_table.version + 1;
+        let version = at.unwrap_or(old_table.version + 1);
         let mut table = RouteTable::new(version, &new);
         let timeout = new
             .proxy

@@ -1,6 +1,7 @@
 //! The cutover machinery: which topics a new routing table moves, the switch marks
 //! recorded when a topic's writes move, producer-id maps and group attribution.
 
+pub mod coordination;
 pub mod groups;
 pub mod identity;
 pub mod inflight;

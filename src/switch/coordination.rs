@@ -1,0 +1,308 @@
+//! The shared state of several Switchyard processes (`[coordination]`): a Kafka
+//! topic of one partition, compacted, on the coordination cluster. Its single
+//! partition gives every record one place in one order, which is what lets every
+//! instance apply the same routing table versions in the same order: for each
+//! version the first record in the log wins.
+//!
+//! Records (key → JSON value):
+//! - `routes`: `{"version", "routes", "by", "at_ms"}`, a whole `[routes]` section
+//!   in TOML, published by the instance where the change was made;
+//! - `instance.<id>`: `{"version", "at_ms"}`, each instance's heartbeat with the
+//!   table version it has applied.
+//!
+//! This module is the log client and what an instance knows of the others; the
+//! loops that follow the log and publish to it are in `control::coordination`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+
+use super::ops;
+use crate::config::CoordinationConfig;
+use crate::upstream::ClusterView;
+
+/// Key of the published routing table.
+pub const ROUTES_KEY: &str = "routes";
+/// Key prefix of instance heartbeats.
+pub const INSTANCE_PREFIX: &str = "instance.";
+
+/// One record read from the log.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub offset: i64,
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// The state topic on the coordination cluster.
+pub struct StateLog {
+    cluster: Arc<ClusterView>,
+    topic: String,
+    timeout: Duration,
+    /// The partition's leader, looked up again after any failure.
+    leader: Mutex<Option<i32>>,
+}
+
+impl StateLog {
+    pub fn new(cluster: Arc<ClusterView>, topic: String, timeout: Duration) -> StateLog {
+        StateLog {
+            cluster,
+            topic,
+            timeout,
+            leader: Mutex::new(None),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Creates the topic (one partition, compacted, replicated up to 3) unless it
+    /// exists.
+    pub async fn ensure_topic(&self) -> Result<(), String> {
+        if !ops::leaders(&self.cluster, &self.topic, self.timeout)
+            .await?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        self.cluster
+            .refresh(self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let replicas = self.cluster.brokers().len().clamp(1, 3) as i16;
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+            .with_num_partitions(1)
+            .with_replication_factor(replicas)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("cleanup.policy"))
+                .with_value(Some(StrBytes::from_static_str("compact")))]);
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(self.timeout.as_millis() as i32);
+        let v = self
+            .cluster
+            .version_for(ApiKey::CreateTopics, 4)
+            .unwrap_or(2);
+        let controller = self.cluster.controller();
+        let to = (controller >= 0).then_some(controller);
+        let resp: CreateTopicsResponse = self
+            .cluster
+            .call_to(to, ApiKey::CreateTopics, v, &req, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        for t in &resp.topics {
+            match ResponseError::try_from_code(t.error_code) {
+                None | Some(ResponseError::TopicAlreadyExists) => {}
+                Some(e) => return Err(format!("creating `{}`: {e:?}", self.topic)),
+            }
+        }
+        // Leaders take a moment to be elected.
+        for _ in 0..50 {
+            if ops::leaders(&self.cluster, &self.topic, self.timeout)
+                .await
+                .is_ok_and(|l| !l.is_empty())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("`{}` has no leader yet", self.topic))
+    }
+
+    async fn leader(&self) -> Result<i32, String> {
+        if let Some(l) = *self.leader.lock().expect("leader lock") {
+            return Ok(l);
+        }
+        let _ = self.cluster.refresh(self.timeout).await;
+        let leaders = ops::leaders(&self.cluster, &self.topic, self.timeout).await?;
+        let l = *leaders
+            .get(&0)
+            .ok_or_else(|| format!("`{}` does not exist", self.topic))?;
+        *self.leader.lock().expect("leader lock") = Some(l);
+        Ok(l)
+    }
+
+    fn forget_leader(&self) {
+        *self.leader.lock().expect("leader lock") = None;
+    }
+
+    /// Appends one record, acknowledged by every in-sync replica; returns its
+    /// offset.
+    pub async fn append(&self, key: &str, value: &[u8]) -> Result<i64, String> {
+        let result = self.append_once(key, value).await;
+        if result.is_err() {
+            self.forget_leader();
+        }
+        result
+    }
+
+    async fn append_once(&self, key: &str, value: &[u8]) -> Result<i64, String> {
+        let leader = self.leader().await?;
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: now_ms() as i64,
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: Default::default(),
+        };
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            [&record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| format!("encoding a state record: {e}"))?;
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(self.timeout.as_millis() as i32)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch.freeze()))])]);
+        let v = self
+            .cluster
+            .version_for(ApiKey::Produce, 8)
+            .filter(|v| *v >= 3)
+            .ok_or_else(|| format!("`{}` cannot take v2 record batches", self.cluster.name()))?;
+        let resp: ProduceResponse = self
+            .cluster
+            .call_to(Some(leader), ApiKey::Produce, v, &req, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or("empty produce answer")?;
+        match ResponseError::try_from_code(p.error_code) {
+            None => Ok(p.base_offset),
+            Some(e) => Err(format!("writing to `{}`: {e:?}", self.topic)),
+        }
+    }
+
+    /// The records from `offset` on (as many as one fetch returns; none at the end).
+    pub async fn read(&self, offset: i64) -> Result<Vec<Entry>, String> {
+        let leader = self.leader().await?;
+        let records = ops::read(
+            &self.cluster,
+            &self.topic,
+            0,
+            leader,
+            offset,
+            1 << 20,
+            self.timeout,
+        )
+        .await;
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget_leader();
+                return Err(e);
+            }
+        };
+        Ok(records
+            .into_iter()
+            .filter_map(|r| {
+                let key = String::from_utf8(r.key?.to_vec()).ok()?;
+                Some(Entry {
+                    offset: r.offset,
+                    key,
+                    value: r.value.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// What this instance has seen of another (or of itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceSeen {
+    /// The routing table version it reported applied.
+    pub version: u64,
+    /// When its latest heartbeat was written (its clock, ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// What an instance knows of the shared state.
+#[derive(Debug, Default, Clone)]
+pub struct Fleet {
+    /// The highest routing table version in the log.
+    pub published: u64,
+    /// Who published each version this instance applied or skipped, newest 64.
+    pub published_by: BTreeMap<u64, String>,
+    /// Every instance's latest heartbeat.
+    pub instances: BTreeMap<String, InstanceSeen>,
+    /// Whether this instance has read the log to its end at least once.
+    pub caught_up: bool,
+    /// The latest failure to read or write the log, if the latest attempt failed.
+    pub error: Option<String>,
+}
+
+/// An instance's part in coordination: its config, the log, what it knows.
+pub struct Coordinator {
+    pub config: CoordinationConfig,
+    pub log: StateLog,
+    pub fleet: Mutex<Fleet>,
+    /// The next log offset to apply; read and advanced only by the one holder of
+    /// the proxy's change lock.
+    pub next: Mutex<i64>,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinationConfig, cluster: Arc<ClusterView>, timeout: Duration) -> Self {
+        let log = StateLog::new(cluster, config.topic.clone(), timeout);
+        Coordinator {
+            config,
+            log,
+            fleet: Mutex::new(Fleet::default()),
+            next: Mutex::new(0),
+        }
+    }
+
+    pub fn fleet(&self) -> Fleet {
+        self.fleet.lock().expect("fleet lock").clone()
+    }
+
+    /// Instances heard from within the session timeout, by `now_ms`.
+    pub fn live(&self, now: u64) -> BTreeMap<String, InstanceSeen> {
+        let limit = self.config.session_timeout.as_millis() as u64;
+        self.fleet()
+            .instances
+            .into_iter()
+            .filter(|(_, s)| now.saturating_sub(s.at_ms) <= limit)
+            .collect()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,163 @@
+//! Several Switchyard processes sharing one routing table through a Kafka topic
+//! (`[coordination]`), against real Apache Kafka: a 2.4.1 source and a 3.9 target
+//! holding the state topic. Three proxy processes, as three sidecars or three
+//! gateway replicas would run.
+
+#[macro_use]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::migration::{create_topic_direct, routes_toml, SOURCE_OFFSET, TARGET_OFFSET};
+use harness::{Cluster, KafkaVersion, Proxy};
+use serde_json::Value;
+
+const INSTANCES: [&str; 3] = ["gw-1", "gw-2", "gw-3"];
+
+fn coordination(instance: &str) -> String {
+    format!(
+        "[coordination]\ncluster = \"target\"\ntopic = \"__switchyard_state_test\"\n\
+         instance = \"{instance}\"\nsession_timeout_ms = 6000\n"
+    )
+}
+
+fn config(source: &Cluster, target: &Cluster, instance: &str, rows: &str) -> String {
+    format!(
+        "{}\n{}",
+        routes_toml(source, target, rows),
+        coordination(instance)
+    )
+}
+
+/// The coordination block of an instance's `/status`.
+fn coord(p: &Proxy) -> Value {
+    p.status()["coordination"].clone()
+}
+
+fn produce_cluster(p: &Proxy, topic: &str) -> Option<String> {
+    let s = p.status();
+    s["routes"]["topics"]
+        .as_array()?
+        .iter()
+        .find(|t| t["match"] == topic)
+        .and_then(|t| t["produce"].as_str().map(str::to_string))
+}
+
+/// Waits until every proxy has applied `version`; returns how long that took.
+fn converge(proxies: &[Proxy], version: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let versions: Vec<u64> = proxies
+            .iter()
+            .map(|p| p.status()["route_version"].as_u64().unwrap_or(0))
+            .collect();
+        if versions.iter().all(|v| *v == version) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "instances at versions {versions:?}, not all at {version}: {:#}",
+            coord(&proxies[0])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_instances_share_one_routing_table() {
+    let _serial = harness::serial();
+    let source = Cluster::start(KafkaVersion::V2_4, 1, "coord-source");
+    let target = Cluster::start(KafkaVersion::V3, 1, "coord-target");
+    create_topic_direct(&source, "orders", 2);
+    create_topic_direct(&target, "orders", 2);
+    let mut ids: Vec<i32> = source
+        .broker_ids()
+        .iter()
+        .map(|i| i + SOURCE_OFFSET)
+        .collect();
+    ids.extend(target.broker_ids().iter().map(|i| i + TARGET_OFFSET));
+    let proxies: Vec<Proxy> = INSTANCES
+        .iter()
+        .map(|i| {
+            Proxy::start(
+                &format!("coord-{i}"),
+                &config(&source, &target, i, ""),
+                &ids,
+            )
+        })
+        .collect();
+
+    // Every instance reads the log, the first publishes its table, all apply it and
+    // see each other.
+    let started = Instant::now();
+    loop {
+        let all: Vec<Value> = proxies.iter().map(coord).collect();
+        let settled = all.iter().all(|c| {
+            c["caught_up"] == true
+                && c["published_version"].as_u64() > Some(0)
+                && c["instances"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().filter(|x| x["live"] == true).count() == 3)
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "instances did not settle: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = coord(&proxies[0])["published_version"].as_u64().unwrap();
+    converge(&proxies, first, Duration::from_secs(10));
+
+    // A switch made through one instance's admin API reaches every instance at the
+    // version it was published with.
+    let (code, body) =
+        proxies[0].http_body("POST", "/switch/topic/orders", r#"{"produce": "target"}"#);
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let version = v["route_version"].as_u64().unwrap();
+    assert_eq!(version, first + 1);
+    let took = converge(&proxies, version, Duration::from_secs(10));
+    println!("coordination: a switch on gw-1 applied on every instance after {took:?}");
+    for p in &proxies {
+        assert_eq!(produce_cluster(p, "orders").as_deref(), Some("target"));
+    }
+
+    // A file edited on another instance proposes its routes; every instance applies
+    // them.
+    let back = "[routes.topics.\"orders\"]\nproduce = \"source\"\n";
+    proxies[2].write_routes(&config(&source, &target, "gw-3", back));
+    let (code, body) = proxies[2].http("POST", "/reload");
+    assert_eq!(code, 200, "{body}");
+    let reloaded: Value = serde_json::from_str(&body).unwrap();
+    let version = reloaded["route_version"].as_u64().unwrap();
+    assert_eq!(version, first + 2, "{body}");
+    let took = converge(&proxies, version, Duration::from_secs(10));
+    println!("coordination: a file reload on gw-3 applied on every instance after {took:?}");
+    for p in &proxies {
+        assert_eq!(produce_cluster(p, "orders").as_deref(), Some("source"));
+    }
+
+    // An instance whose file was left as it was proposes nothing when reloaded
+    // (its file is stale, not a change).
+    let (code, body) = proxies[1].http("POST", "/reload");
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    for p in &proxies {
+        assert_eq!(p.status()["route_version"].as_u64(), Some(version));
+    }
+
+    // A restarted instance starts from its own file, then catches up from the log.
+    proxies[1].kill_and_restart();
+    let took = converge(&proxies, version, Duration::from_secs(30));
+    println!("coordination: a restarted gw-2 caught up after {took:?}");
+    assert_eq!(
+        produce_cluster(&proxies[1], "orders").as_deref(),
+        Some("source")
+    );
+    for p in &proxies {
+        p.stop();
+    }
+}
