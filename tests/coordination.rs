@@ -157,6 +157,40 @@ fn three_instances_share_one_routing_table() {
         produce_cluster(&proxies[1], "orders").as_deref(),
         Some("source")
     );
+    // Two changes at once on two instances: each is applied at its own version, or
+    // one is refused naming the instance that published that version first; either
+    // way every instance ends with the same table.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            proxies[0].http_body("POST", "/switch/topic/orders", r#"{"produce": "target"}"#)
+        });
+        let b = s.spawn(|| {
+            proxies[1].http_body("POST", "/switch/topic/orders", r#"{"consume": "target"}"#)
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let outcome = |(code, body): &(u16, String)| -> Option<u64> {
+        match code {
+            200 => serde_json::from_str::<Value>(body).unwrap()["route_version"].as_u64(),
+            400 => {
+                assert!(body.contains("published version"), "{body}");
+                None
+            }
+            other => panic!("{other}: {body}"),
+        }
+    };
+    let (va, vb) = (outcome(&a), outcome(&b));
+    println!("coordination: concurrent changes gave versions {va:?} and {vb:?}");
+    assert!(va.is_some() || vb.is_some(), "both refused: {a:?} {b:?}");
+    assert_ne!(va, vb, "one version for two changes");
+    let last = va.max(vb).unwrap();
+    converge(&proxies, last, Duration::from_secs(10));
+    let tables: Vec<Value> = proxies
+        .iter()
+        .map(|p| p.status()["routes"].clone())
+        .collect();
+    assert!(tables.iter().all(|t| *t == tables[0]), "{tables:#?}");
+
     for p in &proxies {
         p.stop();
     }
