@@ -21,6 +21,9 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const COORDINATION_VERSION_LAG: &str = "switchyard_coordination_version_lag";
 /// Instances heard from within the session timeout, this one included.
 pub const COORDINATION_INSTANCES: &str = "switchyard_coordination_instances";
+/// How long a produce flip held writes across instances, from its apply on the
+/// proposing instance to its release.
+pub const COORDINATION_FENCE_SECONDS: &str = "switchyard_coordination_fence_seconds";
 /// Frames rejected before reaching any handler (malformed, oversize, unsupported).
 pub const REJECTED_FRAMES_TOTAL: &str = "switchyard_rejected_frames_total";
 /// Requests (or parts of them) answered with a retriable error because the route
@@ -149,4 +152,9 @@ impl ConnectionMetrics {
 pub fn coordination(version_lag: u64, live_instances: usize) {
     gauge!(COORDINATION_VERSION_LAG).set(version_lag as f64);
     gauge!(COORDINATION_INSTANCES).set(live_instances as f64);
+}
+
+/// One fenced produce flip's write pause.
+pub fn fence_wait(d: std::time::Duration) {
+    histogram!(COORDINATION_FENCE_SECONDS).record(d.as_secs_f64());
 }

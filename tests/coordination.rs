@@ -9,7 +9,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::migration::{create_topic_direct, routes_toml, SOURCE_OFFSET, TARGET_OFFSET};
-use harness::{Cluster, KafkaVersion, Proxy};
+use harness::{rdk, Cluster, KafkaVersion, Proxy};
 use serde_json::Value;
 
 const INSTANCES: [&str; 3] = ["gw-1", "gw-2", "gw-3"];
@@ -63,13 +63,14 @@ fn converge(proxies: &[Proxy], version: u64, timeout: Duration) -> Duration {
     }
 }
 
-#[test]
-fn three_instances_share_one_routing_table() {
-    let _serial = harness::serial();
-    let source = Cluster::start(KafkaVersion::V2_4, 1, "coord-source");
-    let target = Cluster::start(KafkaVersion::V3, 1, "coord-target");
-    create_topic_direct(&source, "orders", 2);
-    create_topic_direct(&target, "orders", 2);
+/// Two clusters with `topics` on both, and three proxies named `name-gw-N`.
+fn fleet(name: &str, topics: &[&str]) -> (Cluster, Cluster, Vec<Proxy>) {
+    let source = Cluster::start(KafkaVersion::V2_4, 1, &format!("{name}-source"));
+    let target = Cluster::start(KafkaVersion::V3, 1, &format!("{name}-target"));
+    for t in topics {
+        create_topic_direct(&source, t, 2);
+        create_topic_direct(&target, t, 2);
+    }
     let mut ids: Vec<i32> = source
         .broker_ids()
         .iter()
@@ -80,13 +81,19 @@ fn three_instances_share_one_routing_table() {
         .iter()
         .map(|i| {
             Proxy::start(
-                &format!("coord-{i}"),
+                &format!("{name}-{i}"),
                 &config(&source, &target, i, ""),
                 &ids,
             )
         })
         .collect();
+    settle(&proxies);
+    (source, target, proxies)
+}
 
+/// Waits until every instance has read the log, one table is published and every
+/// instance sees all three live.
+fn settle(proxies: &[Proxy]) {
     // Every instance reads the log, the first publishes its table, all apply it and
     // see each other.
     let started = Instant::now();
@@ -108,6 +115,12 @@ fn three_instances_share_one_routing_table() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn three_instances_share_one_routing_table() {
+    let _serial = harness::serial();
+    let (source, target, proxies) = fleet("coord", &["orders"]);
     let first = coord(&proxies[0])["published_version"].as_u64().unwrap();
     converge(&proxies, first, Duration::from_secs(10));
 
@@ -191,6 +204,89 @@ fn three_instances_share_one_routing_table() {
         .collect();
     assert!(tables.iter().all(|t| *t == tables[0]), "{tables:#?}");
 
+    for p in &proxies {
+        p.stop();
+    }
+}
+
+/// A produce flip across instances is a fence: two producers write one topic
+/// through two instances while a third instance flips its writes to the target.
+/// Every acknowledged record is stored exactly once, each key's records on the
+/// source all come before its records on the target, and the marks every instance
+/// recorded are the target's end offsets before its first write of the topic.
+#[test]
+fn a_produce_flip_is_fenced_across_instances() {
+    let _serial = harness::serial();
+    let (source, target, proxies) = fleet("fence", &["events"]);
+    let (count, keys, rate) = (2_000u64, 10u64, 250.0);
+    let (p1, p2, switched) = std::thread::scope(|s| {
+        let p1 = s
+            .spawn(|| rdk::produce_to(&proxies[0].bootstrap, &["events"], count, keys, "p1", rate));
+        let p2 = s
+            .spawn(|| rdk::produce_to(&proxies[1].bootstrap, &["events"], count, keys, "p2", rate));
+        std::thread::sleep(Duration::from_secs(3));
+        let asked = Instant::now();
+        let (code, body) =
+            proxies[2].http_body("POST", "/switch/topic/events", r#"{"produce": "target"}"#);
+        let took = asked.elapsed();
+        assert_eq!(code, 200, "{body}");
+        (p1.join().unwrap(), p2.join().unwrap(), took)
+    });
+    println!("coordination: the fenced flip answered after {switched:?}");
+    for p in [&p1, &p2] {
+        assert_eq!(p["acked"], p["sent"], "{p}");
+        assert_eq!(p["errors"], 0, "{p}");
+    }
+    let on_source = rdk::dump(&source.bootstrap(), "events");
+    let on_target = rdk::dump(&target.bootstrap(), "events");
+    let mut all: Vec<&str> = on_source
+        .iter()
+        .chain(on_target.iter())
+        .map(|r| r.value.as_str())
+        .collect();
+    let stored = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), stored, "records stored twice");
+    assert_eq!(stored as u64, 2 * count, "acknowledged records missing");
+    assert!(
+        !on_target.is_empty(),
+        "nothing reached the target after the flip"
+    );
+    // Per key: every source record before every target record.
+    let seq = |r: &rdk::Stored| -> (String, u64) {
+        let (k, n) = r.value.split_once('|').unwrap();
+        (k.to_string(), n.parse().unwrap())
+    };
+    let mut last_on_source = std::collections::BTreeMap::new();
+    for r in &on_source {
+        let (k, n) = seq(r);
+        let e = last_on_source.entry(k).or_insert(n);
+        *e = (*e).max(n);
+    }
+    for r in &on_target {
+        let (k, n) = seq(r);
+        if let Some(max) = last_on_source.get(&k) {
+            assert!(n > *max, "key {k}: {n} on the target, {max} on the source");
+        }
+    }
+    // The marks: the same on every instance, and the target's end offsets before
+    // its first write of the topic (it had none).
+    let marks: Vec<Value> = proxies
+        .iter()
+        .map(|p| {
+            p.status()["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["topic"] == "events" && m["cluster"] == "target")
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    assert!(marks.iter().all(|m| *m == marks[0]), "{marks:#?}");
+    let parts = marks[0]["partitions"].as_object().expect("a mark");
+    assert!(parts.values().all(|o| o.as_i64() == Some(0)), "{parts:?}");
     for p in &proxies {
         p.stop();
     }

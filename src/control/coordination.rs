@@ -8,16 +8,29 @@
 //! version, and applied by that instance the same way as by every other, from the
 //! log. Each instance writes a heartbeat with the version it has applied, so every
 //! `/status` shows the instances and where each stands.
+//!
+//! A version that moves a topic's writes is a fence: every instance that applies it
+//! holds the topic's writes on every cluster, waits until its batches still in
+//! flight complete, and acknowledges. Once every live instance has (or the session
+//! timeout passed), the proposer measures the switch marks on the new cluster,
+//! publishes them and the release, and every instance lets writes through. If the
+//! proposer is gone, any instance releases a fence older than the session timeout
+//! plus a grace; the first release in the log counts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Changing;
+use std::collections::BTreeSet;
+
+use super::{Changing, Marks};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics;
 use crate::proxy::Proxy;
+use crate::routes::RouteTable;
+use crate::state::Mark;
 use crate::switch::coordination::{
-    now_ms, Coordinator, Entry, InstanceSeen, INSTANCE_PREFIX, ROUTES_KEY,
+    now_ms, Coordinator, Entry, Fence, InstanceSeen, ACK_PREFIX, INSTANCE_PREFIX, MARK_PREFIX,
+    RELEASE_KEY, ROUTES_KEY,
 };
 
 /// A published routing table.
@@ -28,6 +41,15 @@ struct Published {
     routes: String,
     by: String,
     at_ms: u64,
+    /// Topics whose produce flip this version fences across instances.
+    #[serde(default)]
+    fence: Vec<String>,
+}
+
+/// An acknowledgement of a fence, or its release.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FenceVersion {
+    version: u64,
 }
 
 /// An instance's heartbeat.
@@ -43,6 +65,8 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 const PROPOSAL_WAIT: Duration = Duration::from_secs(15);
 /// Publishers remembered per version, for conflict reports.
 const REMEMBERED_VERSIONS: usize = 64;
+/// How long past the session timeout an unreleased fence waits for its proposer.
+const STALE_FENCE_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts following the shared log, when `[coordination]` is configured: the
 /// instance serves with its own file's routes until it has read the log, then
@@ -120,9 +144,40 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
             Ok(_) => c.fleet.lock().expect("fleet lock").error = None,
             Err(e) => failed(&c, &e),
         }
+        release_stale_fences(&proxy, &c).await;
         publish_metrics(&proxy, &c);
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
+}
+
+/// A fence its proposer did not release (it died, or lost the coordination
+/// cluster) is released by whoever notices first, past the session timeout plus a
+/// grace.
+async fn release_stale_fences(proxy: &Proxy, c: &Coordinator) {
+    let stale = c.config.session_timeout + STALE_FENCE_GRACE;
+    let oldest = c
+        .fences
+        .lock()
+        .expect("fences lock")
+        .iter()
+        .find(|f| f.since.elapsed() > stale)
+        .cloned();
+    let Some(fence) = oldest else {
+        return;
+    };
+    let changing = proxy.changing.lock().await;
+    if catch_up(proxy, c, &changing).await.is_err() || c.fleet().released >= fence.version {
+        return;
+    }
+    tracing::warn!(
+        version = fence.version,
+        "coordination: releasing a fence its proposer did not release"
+    );
+    if let Err(e) = publish_release(proxy, c, &fence).await {
+        tracing::warn!(version = fence.version, error = %e, "coordination: could not release a stale fence; retrying");
+        return;
+    }
+    let _ = catch_up(proxy, c, &changing).await;
 }
 
 fn publish_metrics(proxy: &Proxy, c: &Coordinator) {
@@ -166,6 +221,32 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
         }
         return;
     }
+    if let Some(id) = e.key.strip_prefix(ACK_PREFIX) {
+        if let Ok(a) = serde_json::from_slice::<FenceVersion>(&e.value) {
+            let mut fleet = c.fleet.lock().expect("fleet lock");
+            fleet
+                .acks
+                .entry(a.version)
+                .or_default()
+                .insert(id.to_string());
+            while fleet.acks.len() > REMEMBERED_VERSIONS {
+                fleet.acks.pop_first();
+            }
+        }
+        return;
+    }
+    if e.key.starts_with(MARK_PREFIX) {
+        if let Ok(m) = serde_json::from_slice::<Mark>(&e.value) {
+            proxy.adopt_mark(m);
+        }
+        return;
+    }
+    if e.key == RELEASE_KEY {
+        if let Ok(r) = serde_json::from_slice::<FenceVersion>(&e.value) {
+            release_up_to(proxy, c, changing, r.version);
+        }
+        return;
+    }
     if e.key != ROUTES_KEY {
         return;
     }
@@ -193,18 +274,150 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
     if !first || p.version <= current {
         return;
     }
+    let fence: BTreeSet<String> = p.fence.iter().cloned().collect();
+    let old_table = proxy.routes();
     let applied = match proxy.config().with_routes_toml(&p.routes) {
-        Ok(new) => proxy.apply_version(changing, new, Some(p.version)).await,
+        Ok(new) => {
+            proxy
+                .apply_mode(changing, new, Some(p.version), Marks::Published, &fence)
+                .await
+        }
         Err(err) => Err(err),
     };
     match applied {
-        Ok(v) => {
+        Ok((v, _)) => {
             tracing::info!(version = v, by = %p.by, "coordination: published routing table applied")
         }
         Err(err) => {
-            tracing::error!(version = p.version, by = %p.by, errors = %err, "coordination: a published routing table cannot be applied here; this instance stays at its version")
+            tracing::error!(version = p.version, by = %p.by, errors = %err, "coordination: a published routing table cannot be applied here; this instance stays at its version");
+            return;
         }
     }
+    if fence.is_empty() || c.fleet().released >= p.version {
+        return;
+    }
+    let table = proxy.routes();
+    let flips = fence
+        .iter()
+        .map(|topic| crate::switch::ProduceFlip {
+            topic: topic.clone(),
+            from: old_table.produce_cluster(topic).to_string(),
+            to: table.produce_cluster(topic).to_string(),
+        })
+        .collect();
+    c.fences.lock().expect("fences lock").push(Fence {
+        version: p.version,
+        flips,
+        since: Instant::now(),
+    });
+    // No new write of these topics starts here now; the ones in flight finish.
+    let limit = proxy.config().proxy.request_timeout;
+    if !proxy.inflight.drained(&fence, limit).await {
+        tracing::warn!(version = p.version, "coordination: batches of fenced topics still in flight after the request timeout; acknowledging anyway");
+    }
+    let key = format!("{ACK_PREFIX}{}", c.config.instance);
+    let value = serde_json::to_vec(&FenceVersion { version: p.version }).expect("serializes");
+    if let Err(err) = c.log.append(&key, &value).await {
+        tracing::warn!(version = p.version, error = %err, "coordination: could not acknowledge a fence; it is released after the session timeout");
+    }
+}
+
+/// Ends every fence up to `version` here: marks were adopted from the log.
+fn release_up_to(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, version: u64) {
+    let done: Vec<Fence> = {
+        let mut fences = c.fences.lock().expect("fences lock");
+        let (done, keep): (Vec<Fence>, Vec<Fence>) =
+            fences.drain(..).partition(|f| f.version <= version);
+        *fences = keep;
+        done
+    };
+    {
+        let mut fleet = c.fleet.lock().expect("fleet lock");
+        fleet.released = fleet.released.max(version);
+    }
+    let topics: BTreeSet<String> = done
+        .iter()
+        .flat_map(|f| f.flips.iter().map(|x| x.topic.clone()))
+        .collect();
+    if topics.is_empty() {
+        return;
+    }
+    if let Err(e) = proxy.release_fence(changing, &topics, Vec::new()) {
+        tracing::error!(version, errors = %e, "coordination: a fence release could not be recorded here");
+    }
+}
+
+/// Measures the marks of a fence's topics on their new cluster and publishes them
+/// and the release. Every instance has stopped writing them, so the new cluster's
+/// end offsets are where the first write through any instance will land.
+async fn publish_release(proxy: &Proxy, c: &Coordinator, fence: &Fence) -> Result<(), String> {
+    let table: Arc<RouteTable> = proxy.routes();
+    let timeout = proxy
+        .config()
+        .proxy
+        .connect_timeout
+        .max(Duration::from_secs(5));
+    for flip in &fence.flips {
+        let cluster = proxy
+            .cluster(&flip.to)
+            .ok_or_else(|| format!("unknown cluster `{}`", flip.to))?;
+        let mut mark = crate::switch::mark_for(flip, &table, cluster, timeout).await?;
+        mark.route_version = fence.version;
+        let value = serde_json::to_vec(&mark).expect("serializes");
+        c.log
+            .append(&format!("{MARK_PREFIX}{}", flip.topic), &value)
+            .await?;
+    }
+    let value = serde_json::to_vec(&FenceVersion {
+        version: fence.version,
+    })
+    .expect("serializes");
+    c.log.append(RELEASE_KEY, &value).await?;
+    Ok(())
+}
+
+/// Waits for every live instance's acknowledgement of `fence` (at most the
+/// session timeout), then releases it.
+async fn finish_fence(
+    proxy: &Proxy,
+    c: &Coordinator,
+    changing: &Changing<'_>,
+    fence: &Fence,
+) -> Result<(), String> {
+    let deadline = Instant::now() + c.config.session_timeout;
+    loop {
+        catch_up(proxy, c, changing).await?;
+        let acked = c
+            .fleet()
+            .acks
+            .get(&fence.version)
+            .cloned()
+            .unwrap_or_default();
+        let live = c.live(now_ms());
+        let missing: Vec<&String> = live.keys().filter(|i| !acked.contains(*i)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(version = fence.version, ?missing, "coordination: fence released without these instances' acknowledgement (session timeout)");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    metrics::fence_wait(fence.since.elapsed());
+    publish_release(proxy, c, fence).await?;
+    // Read back until the release is applied here.
+    for _ in 0..500 {
+        catch_up(proxy, c, changing).await?;
+        if c.fleet().released >= fence.version {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!(
+        "the release of version {} was not read back",
+        fence.version
+    ))
 }
 
 /// Publishes `new`'s routes as the next version and applies it from the log, as
@@ -234,11 +447,21 @@ pub(super) async fn propose(
         proxy.apply_version(changing, local, Some(at)).await?;
     }
     let version = proxy.routes().version.max(c.fleet().published) + 1;
+    let timeout = new.proxy.connect_timeout.max(Duration::from_secs(5));
+    let old_table = proxy.routes();
+    let fence = proxy
+        .flips(&old_table, &RouteTable::new(version, &new), timeout)
+        .await
+        .map_err(|e| fail(format!("{e}; the change was not published")))?
+        .into_iter()
+        .map(|f| f.topic)
+        .collect();
     let record = Published {
         version,
         routes: new.routes.to_toml(),
         by: c.config.instance.clone(),
         at_ms: now_ms(),
+        fence,
     };
     let value = serde_json::to_vec(&record).expect("serializes");
     c.log
@@ -251,7 +474,19 @@ pub(super) async fn propose(
         let by = c.fleet().published_by.get(&version).cloned();
         match by {
             Some(by) if by == c.config.instance && proxy.routes().version >= version => {
-                return Ok(version)
+                let fence = c
+                    .fences
+                    .lock()
+                    .expect("fences lock")
+                    .iter()
+                    .find(|f| f.version == version)
+                    .cloned();
+                if let Some(fence) = fence {
+                    finish_fence(proxy, c, changing, &fence).await.map_err(|e| {
+                        fail(format!("version {version} applied; its fence: {e} (released by another instance after the session timeout)"))
+                    })?;
+                }
+                return Ok(version);
             }
             Some(by) if by == c.config.instance => {
                 return Err(fail(format!(

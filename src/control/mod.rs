@@ -60,6 +60,18 @@ struct GroupPlan {
     pins: BTreeMap<String, String>,
 }
 
+/// What a change does about the switch marks of topics whose writes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Marks {
+    /// Measure them now, before the table is stored (one instance deciding alone).
+    Measure,
+    /// A published table (`[coordination]`): measure nothing here. The topics whose
+    /// flip is fenced across instances are given; their writes are held on every
+    /// cluster (`RouteTable::fenced`) until the release, and their marks are the
+    /// ones published with it.
+    Published,
+}
+
 /// A topic switch or rollback asked for through the admin API.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct TopicSwitch {
@@ -292,10 +304,25 @@ impl Proxy {
     /// [`Proxy::apply`] at a given routing table version (`None`: the next one).
     pub(crate) async fn apply_version(
         &self,
-        _changing: &Changing<'_>,
+        changing: &Changing<'_>,
         new: Config,
         at: Option<u64>,
     ) -> Result<u64, ConfigErrors> {
+        self.apply_mode(changing, new, at, Marks::Measure, &BTreeSet::new())
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Proxy::apply_version`], with produce flips treated as `marks` says.
+    /// Returns the version and the flips.
+    pub(crate) async fn apply_mode(
+        &self,
+        _changing: &Changing<'_>,
+        new: Config,
+        at: Option<u64>,
+        marks_mode: Marks,
+        fence: &BTreeSet<String>,
+    ) -> Result<(u64, Vec<ProduceFlip>), ConfigErrors> {
         restart_only(&self.config.load_full(), &new)?;
         // Certificates are re-read on every reload (same paths, renewed files).
         let tls = acceptor(&new).map_err(|e| ConfigErrors(vec![e]))?;
@@ -317,17 +344,24 @@ impl Proxy {
             .flips(&old_table, &table, timeout)
             .await
             .map_err(|e| ConfigErrors(vec![e]))?;
+        // Topics still fenced by an earlier version stay fenced until released.
+        table.fenced = old_table.fenced.clone();
         let mut marks = Vec::new();
-        for flip in &flips {
-            let cluster = self
-                .clusters
-                .get(&flip.to)
-                .expect("validated cluster names");
-            marks.push(
-                switch::mark_for(flip, &table, cluster, timeout)
-                    .await
-                    .map_err(|e| ConfigErrors(vec![e]))?,
-            );
+        match marks_mode {
+            Marks::Measure => {
+                for flip in &flips {
+                    let cluster = self
+                        .clusters
+                        .get(&flip.to)
+                        .expect("validated cluster names");
+                    marks.push(
+                        switch::mark_for(flip, &table, cluster, timeout)
+                            .await
+                            .map_err(|e| ConfigErrors(vec![e]))?,
+                    );
+                }
+            }
+            Marks::Published => table.fenced.extend(fence.iter().cloned()),
         }
         // Durable before anything is visible: marks must describe the target before
         // any write routed by the new table can reach it, and a group's switch
@@ -366,9 +400,41 @@ impl Proxy {
             }
         }
         for flip in &flips {
-            tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipped");
+            if fence.contains(&flip.topic) {
+                tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipping: writes held on every cluster until every instance has let go of the old one");
+            } else {
+                tracing::info!(topic = %flip.topic, from = %flip.from, to = %flip.to, version, "produce route flipped");
+            }
         }
-        Ok(version)
+        Ok((version, flips))
+    }
+
+    /// Ends the fence of `topics`: records their marks (measured once every
+    /// instance had stopped writing them) and lets writes reach the new cluster.
+    pub(crate) fn release_fence(
+        &self,
+        _changing: &Changing<'_>,
+        topics: &BTreeSet<String>,
+        marks: Vec<Mark>,
+    ) -> Result<(), ConfigErrors> {
+        self.persist(marks, &[])?;
+        let mut t = (*self.routes()).clone();
+        t.fenced.retain(|topic| !topics.contains(topic));
+        self.routes.store(Arc::new(t));
+        for topic in topics {
+            tracing::info!(%topic, "produce route flipped: fence released");
+        }
+        Ok(())
+    }
+
+    /// Records a mark another instance measured, unless this one has it.
+    pub(crate) fn adopt_mark(&self, mark: Mark) {
+        if self.state.marks().contains(&mark) {
+            return;
+        }
+        if let Err(e) = self.write_state(|s| s.record_mark(mark)) {
+            tracing::error!(error = %e, "coordination: a published switch mark could not be recorded here");
+        }
     }
 
     /// A reload that changes no route still picks up renewed certificates, users
@@ -546,7 +612,7 @@ impl Proxy {
         }
     }
 
-    async fn flips(
+    pub(crate) async fn flips(
         &self,
         old: &RouteTable,
         new: &RouteTable,

@@ -50,7 +50,9 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
 
     let routes = ctx.routes.clone();
     req.topic_data.retain_mut(|t| {
-        let elsewhere = routes.produce_cluster(&t.name) != here;
+        // A fenced topic (a flip in progress across instances) is written nowhere.
+        let elsewhere = routes.produce_cluster(&t.name) != here
+            || (!routes.fenced.is_empty() && routes.fenced.contains(t.name.as_str()));
         let parts = t.partition_data.iter().map(|p| p.index);
         plan.route_topic(&routes, &here, &mut t.name, parts, elsewhere)
     });

@@ -2,7 +2,7 @@
 //! [`Config`]. Connections load the current snapshot once per request (through
 //! `ArcSwap`) and use it to the end of that request; a reload stores a whole new table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Config, GroupRoute, Matcher, TopicRoute};
 
@@ -15,6 +15,10 @@ pub struct RouteTable {
     /// Groups held on a cluster other than their row's while a switch runs: the
     /// group stays where it is until the switch flips.
     pub pins: BTreeMap<String, String>,
+    /// Topics whose writes are held on every cluster while a produce flip is fenced
+    /// across instances (`[coordination]`): refused with a retriable error until
+    /// every instance has stopped writing them to the old cluster.
+    pub fenced: BTreeSet<String>,
 }
 
 impl RouteTable {
@@ -25,6 +29,7 @@ impl RouteTable {
             topics: config.routes.topics.clone(),
             groups: config.routes.groups.clone(),
             pins: BTreeMap::new(),
+            fenced: BTreeSet::new(),
         }
     }
 

@@ -8,7 +8,12 @@
 //! - `routes`: `{"version", "routes", "by", "at_ms"}`, a whole `[routes]` section
 //!   in TOML, published by the instance where the change was made;
 //! - `instance.<id>`: `{"version", "at_ms"}`, each instance's heartbeat with the
-//!   table version it has applied.
+//!   table version it has applied;
+//! - `ack.<id>`: `{"version"}`, an instance has stopped writing the topics a
+//!   version's produce flip fences, and its batches to the old cluster completed;
+//! - `mark.<topic>`: the topic's switch mark, measured once every live instance
+//!   acknowledged;
+//! - `release`: `{"version"}`, the fences up to that version are over.
 //!
 //! This module is the log client and what an instance knows of the others; the
 //! loops that follow the log and publish to it are in `control::coordination`.
@@ -37,6 +42,12 @@ use crate::upstream::ClusterView;
 pub const ROUTES_KEY: &str = "routes";
 /// Key prefix of instance heartbeats.
 pub const INSTANCE_PREFIX: &str = "instance.";
+/// Key prefix of an instance's acknowledgement of a fenced flip.
+pub const ACK_PREFIX: &str = "ack.";
+/// Key prefix of a topic's switch mark, measured during a fence.
+pub const MARK_PREFIX: &str = "mark.";
+/// Key of the latest fence release.
+pub const RELEASE_KEY: &str = "release";
 
 /// One record read from the log.
 #[derive(Debug, Clone)]
@@ -262,6 +273,18 @@ pub struct Fleet {
     pub caught_up: bool,
     /// The latest failure to read or write the log, if the latest attempt failed.
     pub error: Option<String>,
+    /// Per fenced version, the instances that acknowledged it.
+    pub acks: BTreeMap<u64, std::collections::BTreeSet<String>>,
+    /// The highest version whose fence was released.
+    pub released: u64,
+}
+
+/// A produce flip held across instances until released.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub version: u64,
+    pub flips: Vec<super::ProduceFlip>,
+    pub since: std::time::Instant,
 }
 
 /// An instance's part in coordination: its config, the log, what it knows.
@@ -272,6 +295,8 @@ pub struct Coordinator {
     /// The next log offset to apply; read and advanced only by the one holder of
     /// the proxy's change lock.
     pub next: Mutex<i64>,
+    /// Fences applied here and not yet released.
+    pub fences: Mutex<Vec<Fence>>,
 }
 
 impl Coordinator {
@@ -282,6 +307,7 @@ impl Coordinator {
             log,
             fleet: Mutex::new(Fleet::default()),
             next: Mutex::new(0),
+            fences: Mutex::new(Vec::new()),
         }
     }
 

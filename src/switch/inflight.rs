@@ -49,6 +49,33 @@ impl Drop for InflightGuard {
 }
 
 impl Inflight {
+    /// Waits until no Produce for any partition of `topics` is in flight on any
+    /// cluster, at most `limit`; returns whether they drained. Only meaningful
+    /// once no new write of them can start (a fenced flip).
+    pub async fn drained(
+        &self,
+        topics: &std::collections::BTreeSet<String>,
+        limit: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let released = self.released.notified();
+            let busy = {
+                let map = self.map.lock().expect("inflight lock");
+                map.iter()
+                    .any(|((topic, _), (_, n))| *n > 0 && topics.contains(topic))
+            };
+            if !busy {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), released).await;
+        }
+    }
+
     /// Takes all of `parts` for `cluster` if none is in flight elsewhere.
     fn try_take(self: &Arc<Self>, parts: &[Partition], cluster: usize) -> Option<InflightGuard> {
         let mut map = self.map.lock().expect("inflight lock");
