@@ -59,8 +59,9 @@ struct Heartbeat {
     at_ms: u64,
 }
 
-/// How often the log is read for records of other instances.
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How long one read of the log waits at the broker for a record of another
+/// instance (and so, at most, between two looks at heartbeats and stale fences).
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 /// How long a proposal waits to see its version applied.
 const PROPOSAL_WAIT: Duration = Duration::from_secs(15);
 /// Publishers remembered per version, for conflict reports.
@@ -134,7 +135,8 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
             }
         }
         let next = *c.next.lock().expect("next lock");
-        match c.log.read(next).await {
+        // A long poll: a record another instance writes is read within a round trip.
+        match c.log.read_waiting(next, FOLLOW_WAIT).await {
             Ok(entries) if !entries.is_empty() => {
                 let changing = proxy.changing.lock().await;
                 if let Err(e) = catch_up(&proxy, &c, &changing).await {
@@ -146,7 +148,9 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
         }
         release_stale_fences(&proxy, &c).await;
         publish_metrics(&proxy, &c);
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        if c.fleet().error.is_some() {
+            tokio::time::sleep(FOLLOW_WAIT).await;
+        }
     }
 }
 

@@ -219,14 +219,20 @@ impl StateLog {
 
     /// The records from `offset` on (as many as one fetch returns; none at the end).
     pub async fn read(&self, offset: i64) -> Result<Vec<Entry>, String> {
+        self.read_waiting(offset, Duration::ZERO).await
+    }
+
+    /// [`StateLog::read`], the leader waiting up to `wait` for a first record.
+    pub async fn read_waiting(&self, offset: i64, wait: Duration) -> Result<Vec<Entry>, String> {
         let leader = self.leader().await?;
-        let records = ops::read(
+        let records = ops::read_waiting(
             &self.cluster,
             &self.topic,
             0,
             leader,
             offset,
             1 << 20,
+            wait.as_millis() as i32,
             self.timeout,
         )
         .await;

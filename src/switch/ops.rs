@@ -506,10 +506,29 @@ pub async fn read(
     max_bytes: i32,
     timeout: Duration,
 ) -> Result<Vec<Record>, String> {
+    read_waiting(
+        c, physical, partition, leader, offset, max_bytes, 0, timeout,
+    )
+    .await
+}
+
+/// [`read`], with the leader waiting up to `max_wait_ms` for a first record when
+/// there is none at `offset` yet (a long poll).
+#[allow(clippy::too_many_arguments)]
+pub async fn read_waiting(
+    c: &ClusterView,
+    physical: &str,
+    partition: i32,
+    leader: i32,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: i32,
+    timeout: Duration,
+) -> Result<Vec<Record>, String> {
     let v = version(c, ApiKey::Fetch, 11)?.max(4);
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
+        .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)
         .with_max_bytes(max_bytes)
         .with_isolation_level(1)
