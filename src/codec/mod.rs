@@ -149,6 +149,20 @@ pub fn parse_request(frame: Bytes) -> Result<RequestFrame, FrameError> {
 }
 
 /// Encodes a request (header + body) into a frame without the length prefix.
+/// The bytes a forwarded request goes upstream as: `body` re-encoded when it
+/// `changed`, else the client's own frame, uncopied.
+pub fn reencode_request<T: Encodable>(
+    frame: &RequestFrame,
+    changed: bool,
+    body: &T,
+) -> Result<Bytes, DecodeError> {
+    if changed {
+        encode_request(frame.api, &frame.header, body)
+    } else {
+        Ok(frame.bytes.clone())
+    }
+}
+
 pub fn encode_request<T: Encodable>(
     api: ApiKey,
     header: &RequestHeader,

@@ -45,7 +45,7 @@ pub fn rewrite_request_frame(frame: &RequestFrame, map: &VirtualMap) -> Result<B
                     changed |= map_name(&mut r.resource_name, up);
                 }
             }
-            reencode(frame, &req, changed)
+            codec::reencode_request(frame, changed, &req)
         }
         ApiKey::AlterConfigs => {
             let mut req: AlterConfigsRequest = frame.decode()?;
@@ -55,7 +55,7 @@ pub fn rewrite_request_frame(frame: &RequestFrame, map: &VirtualMap) -> Result<B
                     changed |= map_name(&mut r.resource_name, up);
                 }
             }
-            reencode(frame, &req, changed)
+            codec::reencode_request(frame, changed, &req)
         }
         ApiKey::IncrementalAlterConfigs => {
             let mut req: IncrementalAlterConfigsRequest = frame.decode()?;
@@ -65,21 +65,9 @@ pub fn rewrite_request_frame(frame: &RequestFrame, map: &VirtualMap) -> Result<B
                     changed |= map_name(&mut r.resource_name, up);
                 }
             }
-            reencode(frame, &req, changed)
+            codec::reencode_request(frame, changed, &req)
         }
         _ => Ok(frame.bytes.clone()),
-    }
-}
-
-fn reencode<T: kafka_protocol::protocol::Encodable>(
-    frame: &RequestFrame,
-    req: &T,
-    changed: bool,
-) -> Result<Bytes, DecodeError> {
-    if changed {
-        codec::encode_request(frame.api, &frame.header, req)
-    } else {
-        Ok(frame.bytes.clone())
     }
 }
 
@@ -165,7 +153,7 @@ pub fn rewrite_create_partitions_frame(
 ) -> Result<Bytes, DecodeError> {
     let mut req: CreatePartitionsRequest = frame.decode()?;
     let changed = rewrite_create_partitions(&mut req, map);
-    reencode(frame, &req, changed)
+    codec::reencode_request(frame, changed, &req)
 }
 
 #[cfg(test)]

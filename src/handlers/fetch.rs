@@ -106,11 +106,7 @@ const MAX_HELD_FETCH_WAIT_MS: i32 = 1000;
 pub(crate) async fn handle(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: FetchRequest = frame.decode()?;
     if !ctx.shared.multi_cluster() {
-        let bytes = if rewrite_request(&mut req) {
-            codec::encode_request(frame.api, &frame.header, &req)?
-        } else {
-            frame.bytes.clone()
-        };
+        let bytes = codec::reencode_request(frame, rewrite_request(&mut req), &req)?;
         return Ok(forward(frame, bytes, ResponseRewrite::Fetch(None)));
     }
     let groups = reader(ctx, frame, req.topics.iter().map(|t| t.topic.as_str()));
@@ -230,11 +226,7 @@ pub(crate) async fn handle(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Ac
     plan.not_here = Some(elsewhere);
     plan.strip_records = held;
     // Unchanged requests go upstream as their original bytes.
-    let bytes = if changed {
-        codec::encode_request(frame.api, &frame.header, &req)?
-    } else {
-        frame.bytes.clone()
-    };
+    let bytes = codec::reencode_request(frame, changed, &req)?;
     Ok(forward(
         frame,
         bytes,

@@ -334,11 +334,7 @@ fn offsets_action(ctx: &Ctx<'_>, frame: &RequestFrame, req: Offsets) -> Result<A
                     physical(&mut t.name, &mut changed);
                 }
             }
-            let bytes = if changed {
-                codec::encode_request(frame.api, &frame.header, &req)?
-            } else {
-                frame.bytes.clone()
-            };
+            let bytes = codec::reencode_request(frame, changed, &req)?;
             Ok(forward(
                 frame,
                 bytes,
@@ -359,23 +355,13 @@ fn offsets_action(ctx: &Ctx<'_>, frame: &RequestFrame, req: Offsets) -> Result<A
             }
             // Asking for every topic: the answer carries physical names.
             let all = req.topics.is_none() || req.groups.iter().any(|g| g.topics.is_none());
-            if !changed && !all {
-                return Ok(forward(
-                    frame,
-                    frame.bytes.clone(),
-                    ResponseRewrite::OffsetFetch,
-                ));
-            }
-            let bytes = if changed {
-                codec::encode_request(frame.api, &frame.header, &req)?
+            let bytes = codec::reencode_request(frame, changed, &req)?;
+            let rewrite = if changed || all {
+                renamed(reverse, ResponseRewrite::OffsetFetch)
             } else {
-                frame.bytes.clone()
+                ResponseRewrite::OffsetFetch
             };
-            Ok(forward(
-                frame,
-                bytes,
-                renamed(reverse, ResponseRewrite::OffsetFetch),
-            ))
+            Ok(forward(frame, bytes, rewrite))
         }
         Offsets::Other => Ok(plain(frame)?),
     }

@@ -322,11 +322,7 @@ pub fn epoch_response_from_list_offsets(
 pub(crate) fn list_offsets(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Action, RouteError> {
     let mut req: ListOffsetsRequest = frame.decode()?;
     if !ctx.shared.multi_cluster() {
-        let bytes = if clear_list_offsets_epochs(&mut req) {
-            codec::encode_request(frame.api, &frame.header, &req)?
-        } else {
-            frame.bytes.clone()
-        };
+        let bytes = codec::reencode_request(frame, clear_list_offsets_epochs(&mut req), &req)?;
         return Ok(forward(frame, bytes, ResponseRewrite::ListOffsets(None)));
     }
     let groups = reader(ctx, frame, req.topics.iter().map(|t| t.name.as_str()));

@@ -222,11 +222,7 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
         }
         return respond(frame, &produce_errors(&plan, ProduceResponse::default()));
     }
-    let bytes = if changed {
-        codec::encode_request(frame.api, &frame.header, &req)?
-    } else {
-        frame.bytes.clone()
-    };
+    let bytes = codec::reencode_request(frame, changed, &req)?;
     if acks == 0 {
         return Ok(Action::Forward {
             frame: bytes,
