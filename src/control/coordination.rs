@@ -164,7 +164,7 @@ async fn release_stale_fences(proxy: &Proxy, c: &Coordinator) {
         .lock()
         .expect("fences lock")
         .iter()
-        .find(|f| f.since.elapsed() > stale)
+        .find(|f| f.applied && f.since.elapsed() > stale)
         .cloned();
     let Some(fence) = oldest else {
         return;
@@ -288,16 +288,29 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
         }
         Err(err) => Err(err),
     };
-    match applied {
+    let applied = match applied {
         Ok((v, _)) => {
-            tracing::info!(version = v, by = %p.by, "coordination: published routing table applied")
+            tracing::info!(version = v, by = %p.by, "coordination: published routing table applied");
+            true
         }
         Err(err) => {
             tracing::error!(version = p.version, by = %p.by, errors = %err, "coordination: a published routing table cannot be applied here; this instance stays at its version");
-            return;
+            if fence.is_empty() {
+                return;
+            }
+            // The others move these topics' writes; this instance, left on its older
+            // table, must write them nowhere until it catches up.
+            let mut t = (*proxy.routes()).clone();
+            t.fenced.extend(fence.iter().cloned());
+            proxy.routes.store(Arc::new(t));
+            tracing::warn!(version = p.version, topics = ?fence, "coordination: writes of the flipping topics held here until this instance applies the version");
+            false
         }
-    }
-    if fence.is_empty() || c.fleet().released >= p.version {
+    };
+    if fence.is_empty() {
+        // Fences this instance could not apply are over once it has a version at
+        // least theirs and the fleet released them.
+        release_up_to(proxy, c, changing, c.fleet().released);
         return;
     }
     let table = proxy.routes();
@@ -313,7 +326,14 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
         version: p.version,
         flips,
         since: Instant::now(),
+        applied,
     });
+    // Earlier fences this instance could not apply, now behind it; and this one if
+    // its release was read already.
+    release_up_to(proxy, c, changing, c.fleet().released);
+    if c.fleet().released >= p.version {
+        return;
+    }
     // No new write of these topics starts here now; the ones in flight finish.
     let limit = proxy.config().proxy.request_timeout;
     if !proxy.inflight.drained(&fence, limit).await {
@@ -327,11 +347,15 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
 }
 
 /// Ends every fence up to `version` here: marks were adopted from the log.
+/// A fence this instance could not apply ends only once its table is at least
+/// that version.
 fn release_up_to(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, version: u64) {
+    let current = proxy.routes().version;
     let done: Vec<Fence> = {
         let mut fences = c.fences.lock().expect("fences lock");
-        let (done, keep): (Vec<Fence>, Vec<Fence>) =
-            fences.drain(..).partition(|f| f.version <= version);
+        let (done, keep): (Vec<Fence>, Vec<Fence>) = fences
+            .drain(..)
+            .partition(|f| f.version <= version && (f.applied || current >= f.version));
         *fences = keep;
         done
     };
@@ -339,9 +363,18 @@ fn release_up_to(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, versio
         let mut fleet = c.fleet.lock().expect("fleet lock");
         fleet.released = fleet.released.max(version);
     }
+    // A topic another fence still holds stays held.
+    let held: BTreeSet<String> = c
+        .fences
+        .lock()
+        .expect("fences lock")
+        .iter()
+        .flat_map(|f| f.flips.iter().map(|x| x.topic.clone()))
+        .collect();
     let topics: BTreeSet<String> = done
         .iter()
         .flat_map(|f| f.flips.iter().map(|x| x.topic.clone()))
+        .filter(|t| !held.contains(t))
         .collect();
     if topics.is_empty() {
         return;

@@ -291,6 +291,10 @@ pub struct Fence {
     pub version: u64,
     pub flips: Vec<super::ProduceFlip>,
     pub since: std::time::Instant,
+    /// Whether this instance applied the version. One that could not keeps its
+    /// older table, so it holds the topics' writes until it has applied this
+    /// version or a later one, and the fence is released.
+    pub applied: bool,
 }
 
 /// An instance's part in coordination: its config, the log, what it knows.
