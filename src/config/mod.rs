@@ -4,10 +4,12 @@
 //! Validation never stops at the first problem: [`Config::load`] returns every error it
 //! found, so `switchyard check` and `POST /reload` can show an operator the whole list.
 
+mod coordination;
 mod overlap;
 pub mod raw;
 mod validate;
 
+use coordination::validate_coordination;
 use validate::*;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -544,3 +544,33 @@ pub(super) async fn propose(
         }
     }
 }
+
+impl Proxy {
+    /// Ends the fence of `topics`: records their marks (measured once every
+    /// instance had stopped writing them) and lets writes reach the new cluster.
+    pub(crate) fn release_fence(
+        &self,
+        _changing: &Changing<'_>,
+        topics: &BTreeSet<String>,
+        marks: Vec<Mark>,
+    ) -> Result<(), ConfigErrors> {
+        self.persist(marks, &[])?;
+        let mut t = (*self.routes()).clone();
+        t.fenced.retain(|topic| !topics.contains(topic));
+        self.routes.store(Arc::new(t));
+        for topic in topics {
+            tracing::info!(%topic, "produce route flipped: fence released");
+        }
+        Ok(())
+    }
+
+    /// Records a mark another instance measured, unless this one has it.
+    pub(crate) fn adopt_mark(&self, mark: Mark) {
+        if self.state.marks().contains(&mark) {
+            return;
+        }
+        if let Err(e) = self.write_state(|s| s.record_mark(mark)) {
+            tracing::error!(error = %e, "coordination: a published switch mark could not be recorded here");
+        }
+    }
+}

@@ -409,34 +409,6 @@ impl Proxy {
         Ok((version, flips))
     }
 
-    /// Ends the fence of `topics`: records their marks (measured once every
-    /// instance had stopped writing them) and lets writes reach the new cluster.
-    pub(crate) fn release_fence(
-        &self,
-        _changing: &Changing<'_>,
-        topics: &BTreeSet<String>,
-        marks: Vec<Mark>,
-    ) -> Result<(), ConfigErrors> {
-        self.persist(marks, &[])?;
-        let mut t = (*self.routes()).clone();
-        t.fenced.retain(|topic| !topics.contains(topic));
-        self.routes.store(Arc::new(t));
-        for topic in topics {
-            tracing::info!(%topic, "produce route flipped: fence released");
-        }
-        Ok(())
-    }
-
-    /// Records a mark another instance measured, unless this one has it.
-    pub(crate) fn adopt_mark(&self, mark: Mark) {
-        if self.state.marks().contains(&mark) {
-            return;
-        }
-        if let Err(e) = self.write_state(|s| s.record_mark(mark)) {
-            tracing::error!(error = %e, "coordination: a published switch mark could not be recorded here");
-        }
-    }
-
     /// A reload that changes no route still picks up renewed certificates, users
     /// and admin token; like [`Proxy::apply`], all are read before any is stored.
     fn reread_files(&self, _changing: &Changing<'_>, config: &Config) -> Result<(), ConfigErrors> {
@@ -454,7 +426,11 @@ impl Proxy {
     /// the disk just failed), so a restart does not resume a switch that never
     /// started. Marks written before the failure stay: a mark is a measurement of
     /// the target's end offsets, and the next flip of that topic replaces it.
-    fn persist(&self, marks: Vec<Mark>, starts: &[GroupSwitch]) -> Result<(), ConfigErrors> {
+    pub(crate) fn persist(
+        &self,
+        marks: Vec<Mark>,
+        starts: &[GroupSwitch],
+    ) -> Result<(), ConfigErrors> {
         let failed = |e: StateError| {
             ConfigErrors(vec![format!(
                 "{e}; the change was not applied and the running routes stay"
@@ -478,7 +454,7 @@ impl Proxy {
         Ok(())
     }
 
-    fn write_state(
+    pub(crate) fn write_state(
         &self,
         write: impl FnOnce(&StateStore) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
