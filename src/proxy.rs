@@ -326,6 +326,10 @@ impl crate::handlers::Shared for Proxy {
     fn inflight(&self) -> &Arc<Inflight> {
         &self.inflight
     }
+    fn holding(&self) -> bool {
+        self.coordination.as_ref().is_some_and(|c| c.holds())
+    }
+
     fn group_switches(&self) -> &Arc<GroupSwitches> {
         &self.group_switches
     }

@@ -9,6 +9,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::migration::{create_topic_direct, routes_toml, SOURCE_OFFSET, TARGET_OFFSET};
+use harness::relay::Relay;
 use harness::{rdk, Cluster, KafkaVersion, Proxy};
 use serde_json::Value;
 
@@ -237,8 +238,19 @@ fn a_produce_flip_is_fenced_across_instances() {
         assert_eq!(p["acked"], p["sent"], "{p}");
         assert_eq!(p["errors"], 0, "{p}");
     }
-    let on_source = rdk::dump(&source.bootstrap(), "events");
-    let on_target = rdk::dump(&target.bootstrap(), "events");
+    stored_once_in_key_order(&source, &target, "events", 2 * count);
+    same_marks_at_zero(&proxies, "events");
+    for p in &proxies {
+        p.stop();
+    }
+}
+
+/// Every acknowledged record of `topic` stored exactly once over both clusters
+/// (`expected` in all), some on the target, and per key every record on the source
+/// before every record on the target.
+fn stored_once_in_key_order(source: &Cluster, target: &Cluster, topic: &str, expected: u64) {
+    let on_source = rdk::dump(&source.bootstrap(), topic);
+    let on_target = rdk::dump(&target.bootstrap(), topic);
     let mut all: Vec<&str> = on_source
         .iter()
         .chain(on_target.iter())
@@ -248,12 +260,11 @@ fn a_produce_flip_is_fenced_across_instances() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), stored, "records stored twice");
-    assert_eq!(stored as u64, 2 * count, "acknowledged records missing");
+    assert_eq!(stored as u64, expected, "acknowledged records missing");
     assert!(
         !on_target.is_empty(),
         "nothing reached the target after the flip"
     );
-    // Per key: every source record before every target record.
     let seq = |r: &rdk::Stored| -> (String, u64) {
         let (k, n) = r.value.split_once('|').unwrap();
         (k.to_string(), n.parse().unwrap())
@@ -270,8 +281,11 @@ fn a_produce_flip_is_fenced_across_instances() {
             assert!(n > *max, "key {k}: {n} on the target, {max} on the source");
         }
     }
-    // The marks: the same on every instance, and the target's end offsets before
-    // its first write of the topic (it had none).
+}
+
+/// The marks of `topic` on the target: the same on every instance, and the
+/// target's end offsets before its first write of the topic (it had none).
+fn same_marks_at_zero(proxies: &[Proxy], topic: &str) {
     let marks: Vec<Value> = proxies
         .iter()
         .map(|p| {
@@ -279,7 +293,7 @@ fn a_produce_flip_is_fenced_across_instances() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|m| m["topic"] == "events" && m["cluster"] == "target")
+                .find(|m| m["topic"] == topic && m["cluster"] == "target")
                 .cloned()
                 .unwrap_or(Value::Null)
         })
@@ -287,6 +301,177 @@ fn a_produce_flip_is_fenced_across_instances() {
     assert!(marks.iter().all(|m| *m == marks[0]), "{marks:#?}");
     let parts = marks[0]["partitions"].as_object().expect("a mark");
     assert!(parts.values().all(|o| o.as_i64() == Some(0)), "{parts:?}");
+}
+
+/// Waits until `ok` holds for the coordination block of `p`.
+fn wait_coord(p: &Proxy, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let c = coord(p);
+        if ok(&c) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "{what}: {c:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An instance cut off from the coordination cluster (here the target, which is
+/// also where the topic's writes go) while another flips the topic's writes to the
+/// target: its membership lapses, it holds every write instead of writing the
+/// topic to the source, and once it reaches the cluster again it reads the flip
+/// and writes to the target. Its producer is never restarted and loses nothing.
+#[test]
+fn an_instance_cut_off_from_the_coordination_cluster_writes_nowhere() {
+    let _serial = harness::serial();
+    let source = Cluster::start(KafkaVersion::V2_4, 1, "cut-source");
+    // Each instance reaches the target through its own relay and listener.
+    let relayed: Vec<(u16, u16)> = INSTANCES
+        .iter()
+        .map(|_| (harness::free_port(), harness::free_port()))
+        .collect();
+    let target = Cluster::start_relayed("cut-target", &relayed);
+    create_topic_direct(&source, "events", 2);
+    create_topic_direct(&target, "events", 2);
+    let relays: Vec<Relay> = relayed.iter().map(|(r, l)| Relay::start(*r, *l)).collect();
+    let ids = [1 + SOURCE_OFFSET, 1 + TARGET_OFFSET];
+    let proxies: Vec<Proxy> = INSTANCES
+        .iter()
+        .zip(&relays)
+        .map(|(i, relay)| {
+            let config = format!(
+                "[clusters.source]\nbootstrap = [\"{}\"]\nnode_id_offset = {SOURCE_OFFSET}\n\n\
+                 [clusters.target]\nbootstrap = [\"{}\"]\nnode_id_offset = {TARGET_OFFSET}\n\n\
+                 [routes]\ndefault_cluster = \"source\"\n\n{}",
+                source.bootstrap(),
+                relay.addr(),
+                coordination(i)
+            );
+            Proxy::start(&format!("cut-{i}"), &config, &ids)
+        })
+        .collect();
+    settle(&proxies);
+
+    let (count, keys, rate) = (3_000u64, 10u64, 250.0);
+    let (p1, p3, after_flip) = std::thread::scope(|s| {
+        let p1 = s
+            .spawn(|| rdk::produce_to(&proxies[0].bootstrap, &["events"], count, keys, "p1", rate));
+        let p3 = s
+            .spawn(|| rdk::produce_to(&proxies[2].bootstrap, &["events"], count, keys, "p3", rate));
+        std::thread::sleep(Duration::from_secs(2));
+        relays[2].cut();
+        let lapsed = wait_coord(
+            &proxies[2],
+            "gw-3 still a member",
+            Duration::from_secs(20),
+            |c| c["member"] == false && c["holding"] == true,
+        );
+        println!("coordination: gw-3 cut off; it held writes after {lapsed:?}");
+        let asked = Instant::now();
+        let (code, body) =
+            proxies[0].http_body("POST", "/switch/topic/events", r#"{"produce": "target"}"#);
+        assert_eq!(code, 200, "{body}");
+        println!(
+            "coordination: the flip without gw-3 answered after {:?}",
+            asked.elapsed()
+        );
+        // Everything on the source now is all it ever holds of the topic.
+        let after_flip = rdk::ends(&source.bootstrap(), "events");
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(coord(&proxies[2])["holding"], true);
+        relays[2].restore();
+        let back = wait_coord(&proxies[2], "gw-3 back", Duration::from_secs(30), |c| {
+            c["member"] == true && c["holding"] == false
+        });
+        println!("coordination: gw-3 reconnected and served again after {back:?}");
+        assert_eq!(
+            produce_cluster(&proxies[2], "events").as_deref(),
+            Some("target")
+        );
+        (p1.join().unwrap(), p3.join().unwrap(), after_flip)
+    });
+    for p in [&p1, &p3] {
+        assert_eq!(p["acked"], p["sent"], "{p}");
+        assert_eq!(p["errors"], 0, "{p}");
+    }
+    assert_eq!(
+        rdk::ends(&source.bootstrap(), "events"),
+        after_flip,
+        "the topic was written to the source after its flip"
+    );
+    stored_once_in_key_order(&source, &target, "events", 2 * count);
+    same_marks_at_zero(&proxies, "events");
+    for p in &proxies {
+        p.stop();
+    }
+}
+
+/// A produce flip whose proposer is killed while one member is paused (SIGSTOP):
+/// the fence waits for their sessions to expire, then the leader among the
+/// remaining instances finishes it; the paused instance, resumed, holds writes
+/// until it has rejoined and read the flip; the killed one, restarted, catches up.
+/// Every acknowledged record is stored once, in key order.
+#[test]
+fn a_fence_survives_its_proposer_killed_and_a_member_paused() {
+    let _serial = harness::serial();
+    let (source, target, proxies) = fleet("kill", &["events"]);
+    let (count, keys, rate) = (3_000u64, 10u64, 250.0);
+    let (p2, p3) = std::thread::scope(|s| {
+        let p2 = s
+            .spawn(|| rdk::produce_to(&proxies[1].bootstrap, &["events"], count, keys, "p2", rate));
+        let p3 = s
+            .spawn(|| rdk::produce_to(&proxies[2].bootstrap, &["events"], count, keys, "p3", rate));
+        std::thread::sleep(Duration::from_secs(2));
+        proxies[1].signal("STOP");
+        let flip = s.spawn(|| {
+            proxies[0].http_body("POST", "/switch/topic/events", r#"{"produce": "target"}"#)
+        });
+        // The fence is up on gw-3, waiting for gw-2's acknowledgement.
+        wait_coord(
+            &proxies[2],
+            "no fence on gw-3",
+            Duration::from_secs(10),
+            |c| c["fences"].as_array().is_some_and(|f| !f.is_empty()),
+        );
+        proxies[0].stop();
+        let _ = flip.join();
+        let released = wait_coord(
+            &proxies[2],
+            "the fence not finished",
+            Duration::from_secs(40),
+            |c| c["fences"].as_array().is_some_and(|f| f.is_empty()) && c["holding"] == false,
+        );
+        println!("coordination: gw-3 finished the orphaned fence after {released:?}");
+        assert_eq!(
+            produce_cluster(&proxies[2], "events").as_deref(),
+            Some("target")
+        );
+        let after_flip = rdk::ends(&source.bootstrap(), "events");
+        proxies[1].signal("CONT");
+        let back = wait_coord(&proxies[1], "gw-2 back", Duration::from_secs(30), |c| {
+            c["member"] == true && c["holding"] == false
+        });
+        println!("coordination: the paused gw-2 rejoined and served again after {back:?}");
+        proxies[0].start_again();
+        wait_coord(&proxies[0], "gw-1 back", Duration::from_secs(30), |c| {
+            c["member"] == true && c["holding"] == false
+        });
+        let (p2, p3) = (p2.join().unwrap(), p3.join().unwrap());
+        assert_eq!(
+            rdk::ends(&source.bootstrap(), "events"),
+            after_flip,
+            "the topic was written to the source after its flip"
+        );
+        (p2, p3)
+    });
+    for p in [&p2, &p3] {
+        assert_eq!(p["acked"], p["sent"], "{p}");
+        assert_eq!(p["errors"], 0, "{p}");
+    }
+    stored_once_in_key_order(&source, &target, "events", 2 * count);
+    let version = proxies[2].status()["route_version"].as_u64().unwrap();
+    converge(&proxies, version, Duration::from_secs(10));
+    same_marks_at_zero(&proxies, "events");
     for p in &proxies {
         p.stop();
     }

@@ -324,16 +324,35 @@ fn coordination_json(proxy: &Proxy) -> Value {
     };
     let fleet = c.fleet();
     let now = crate::switch::coordination::now_ms();
-    let live = c.live(now);
-    let instances: Vec<Value> = fleet
-        .instances
-        .iter()
-        .map(|(id, seen)| {
+    let view = c.membership.view();
+    let members = view.as_ref().map(|v| v.members.clone()).unwrap_or_default();
+    let mut ids: std::collections::BTreeSet<&String> = fleet.instances.keys().collect();
+    ids.extend(members.iter());
+    let instances: Vec<Value> = ids
+        .into_iter()
+        .map(|id| {
+            let seen = fleet.instances.get(id);
             json!({
                 "instance": id,
-                "route_version": seen.version,
-                "heartbeat_age_ms": now.saturating_sub(seen.at_ms),
-                "live": live.contains_key(id),
+                "route_version": seen.map(|s| s.version),
+                "heartbeat_age_ms": seen.map(|s| now.saturating_sub(s.at_ms)),
+                "live": members.contains(id),
+                "leader": view.as_ref().is_some_and(|v| &v.leader == id),
+            })
+        })
+        .collect();
+    let fences: Vec<Value> = c
+        .fences
+        .lock()
+        .expect("fences lock")
+        .iter()
+        .map(|f| {
+            json!({
+                "version": f.version,
+                "by": f.by,
+                "topics": f.flips.iter().map(|x| x.topic.clone()).collect::<Vec<_>>(),
+                "held_ms": f.since.elapsed().as_millis() as u64,
+                "acknowledged": fleet.acks.get(&f.version).cloned().unwrap_or_default(),
             })
         })
         .collect();
@@ -341,11 +360,17 @@ fn coordination_json(proxy: &Proxy) -> Value {
         "instance": c.config.instance,
         "cluster": c.config.cluster,
         "topic": c.config.topic,
+        "group": c.membership.group(),
+        "member": view.is_some(),
+        "generation": view.as_ref().map(|v| v.generation),
+        "leader": view.as_ref().map(|v| v.leader.clone()),
+        "holding": c.holds(),
         "published_version": fleet.published,
         "applied_version": proxy.routes().version,
         "caught_up": fleet.caught_up,
-        "error": fleet.error,
+        "error": fleet.error.clone().or_else(|| c.membership.error()),
         "instances": instances,
+        "fences": fences,
     })
 }
 

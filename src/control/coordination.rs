@@ -66,7 +66,8 @@ const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 const PROPOSAL_WAIT: Duration = Duration::from_secs(15);
 /// Publishers remembered per version, for conflict reports.
 const REMEMBERED_VERSIONS: usize = 64;
-/// How long past the session timeout an unreleased fence waits for its proposer.
+/// How long past twice the session timeout an unreleased fence waits for its
+/// proposer, while that proposer is still a member.
 const STALE_FENCE_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts following the shared log, when `[coordination]` is configured: the
@@ -77,6 +78,8 @@ pub fn start(proxy: &Arc<Proxy>) {
     let Some(c) = proxy.coordination.clone() else {
         return;
     };
+    let membership = c.membership.clone();
+    proxy.spawn(async move { membership.run().await });
     let me = proxy.clone();
     proxy.spawn(async move { follow(me, c).await });
 }
@@ -108,7 +111,7 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
             Ok(()) => break,
             Err(e) => {
                 failed(&c, &e);
-                tracing::warn!(topic = c.log.topic(), error = %e, "coordination: cannot read the shared state yet; serving with this instance's routes and retrying");
+                tracing::warn!(topic = c.log.topic(), error = %e, "coordination: cannot read the shared state yet; holding writes and group requests, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -121,6 +124,7 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
     );
     let beat_every = c.config.session_timeout / 3;
     let mut last_beat: Option<Instant> = None;
+    let mut views = c.membership.subscribe();
     loop {
         if last_beat.is_none_or(|t| t.elapsed() >= beat_every) {
             let beat = Heartbeat {
@@ -136,17 +140,27 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
         }
         let next = *c.next.lock().expect("next lock");
         // A long poll: a record another instance writes is read within a round trip.
-        match c.log.read_waiting(next, FOLLOW_WAIT).await {
-            Ok(entries) if !entries.is_empty() => {
-                let changing = proxy.changing.lock().await;
-                if let Err(e) = catch_up(&proxy, &c, &changing).await {
-                    failed(&c, &e);
-                }
+        // A change of membership cuts it short: an instance that (re)joined reads
+        // what it missed before it serves writes again.
+        let read = tokio::select! {
+            r = c.log.read_waiting(next, FOLLOW_WAIT) => Some(r),
+            _ = views.changed() => None,
+        };
+        let behind = matches!(&read, Some(Ok(entries)) if !entries.is_empty());
+        if behind || c.holds() {
+            let changing = proxy.changing.lock().await;
+            if let Err(e) = catch_up(&proxy, &c, &changing).await {
+                failed(&c, &e);
             }
-            Ok(_) => c.fleet.lock().expect("fleet lock").error = None,
-            Err(e) => failed(&c, &e),
         }
-        release_stale_fences(&proxy, &c).await;
+        match read {
+            Some(Ok(entries)) if entries.is_empty() => {
+                c.fleet.lock().expect("fleet lock").error = None
+            }
+            Some(Err(e)) => failed(&c, &e),
+            _ => {}
+        }
+        finish_orphaned_fences(&proxy, &c).await;
         publish_metrics(&proxy, &c);
         if c.fleet().error.is_some() {
             tokio::time::sleep(FOLLOW_WAIT).await;
@@ -154,19 +168,27 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
     }
 }
 
-/// A fence its proposer did not release (it died, or lost the coordination
-/// cluster) is released by whoever notices first, past the session timeout plus a
-/// grace.
-async fn release_stale_fences(proxy: &Proxy, c: &Coordinator) {
-    let stale = c.config.session_timeout + STALE_FENCE_GRACE;
-    let oldest = c
+/// A fence its proposer can no longer release (it left the group: killed, cut off
+/// from the coordination cluster, removed) is finished by the leader, the same way
+/// the proposer would have: once every member acknowledged it. A fence left over
+/// for twice the session timeout with its proposer still a member (its release
+/// failed) is finished by the leader too.
+async fn finish_orphaned_fences(proxy: &Proxy, c: &Coordinator) {
+    let Some(view) = c.membership.view() else {
+        return;
+    };
+    if view.leader != c.config.instance {
+        return;
+    }
+    let stale = c.config.session_timeout * 2 + STALE_FENCE_GRACE;
+    let orphan = c
         .fences
         .lock()
         .expect("fences lock")
         .iter()
-        .find(|f| f.applied && f.since.elapsed() > stale)
+        .find(|f| f.applied && (!view.members.contains(&f.by) || f.since.elapsed() > stale))
         .cloned();
-    let Some(fence) = oldest else {
+    let Some(fence) = orphan else {
         return;
     };
     let changing = proxy.changing.lock().await;
@@ -175,19 +197,19 @@ async fn release_stale_fences(proxy: &Proxy, c: &Coordinator) {
     }
     tracing::warn!(
         version = fence.version,
-        "coordination: releasing a fence its proposer did not release"
+        by = %fence.by,
+        "coordination: finishing a fence its proposer did not release"
     );
-    if let Err(e) = publish_release(proxy, c, &fence).await {
-        tracing::warn!(version = fence.version, error = %e, "coordination: could not release a stale fence; retrying");
-        return;
+    if let Err(e) = finish_fence(proxy, c, &changing, &fence).await {
+        tracing::warn!(version = fence.version, error = %e, "coordination: could not finish a fence; retrying");
     }
-    let _ = catch_up(proxy, c, &changing).await;
 }
 
 fn publish_metrics(proxy: &Proxy, c: &Coordinator) {
     let fleet = c.fleet();
     let lag = fleet.published.saturating_sub(proxy.routes().version);
-    metrics::coordination(lag, c.live(now_ms()).len());
+    let members = c.members().map(|m| m.len()).unwrap_or(0);
+    metrics::coordination(lag, members);
 }
 
 /// Reads the log from where this instance stands to its end and applies every
@@ -197,6 +219,9 @@ pub(super) async fn catch_up(
     c: &Coordinator,
     changing: &Changing<'_>,
 ) -> Result<(), String> {
+    // Taken before reading: a membership that begins during the read needs a read
+    // of its own.
+    let joins = c.joins_now();
     loop {
         let next = *c.next.lock().expect("next lock");
         let entries = c.log.read(next).await?;
@@ -204,6 +229,9 @@ pub(super) async fn catch_up(
             let mut fleet = c.fleet.lock().expect("fleet lock");
             fleet.caught_up = true;
             fleet.error = None;
+            if let Some(j) = joins {
+                c.caught_up_at(j);
+            }
             return Ok(());
         }
         for e in entries {
@@ -324,6 +352,7 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
         .collect();
     c.fences.lock().expect("fences lock").push(Fence {
         version: p.version,
+        by: p.by.clone(),
         flips,
         since: Instant::now(),
         applied,
@@ -413,33 +442,54 @@ async fn publish_release(proxy: &Proxy, c: &Coordinator, fence: &Fence) -> Resul
     Ok(())
 }
 
-/// Waits for every live instance's acknowledgement of `fence` (at most the
-/// session timeout), then releases it.
+/// Waits for every member's acknowledgement of `fence`, then releases it. A member
+/// that has not acknowledged within the session timeout is removed from the group;
+/// the release then waits one more session timeout, by which that member has
+/// either heard it was removed or seen its own membership lapse, and holds the
+/// topics' writes either way.
 async fn finish_fence(
     proxy: &Proxy,
     c: &Coordinator,
     changing: &Changing<'_>,
     fence: &Fence,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + c.config.session_timeout;
+    let session = c.config.session_timeout;
+    let deadline = Instant::now() + session;
     loop {
         catch_up(proxy, c, changing).await?;
+        let members = c.members().ok_or(
+            "this instance is not a member of the coordination group; the leader finishes the fence",
+        )?;
         let acked = c
             .fleet()
             .acks
             .get(&fence.version)
             .cloned()
             .unwrap_or_default();
-        let live = c.live(now_ms());
-        let missing: Vec<&String> = live.keys().filter(|i| !acked.contains(*i)).collect();
+        let missing: Vec<String> = members
+            .iter()
+            .filter(|i| !acked.contains(*i))
+            .cloned()
+            .collect();
         if missing.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(version = fence.version, ?missing, "coordination: fence released without these instances' acknowledgement (session timeout)");
+            tracing::warn!(version = fence.version, ?missing, "coordination: members did not acknowledge the fence within the session timeout; removing them from the group");
+            if let Err(e) = c.membership.remove(&missing).await {
+                tracing::warn!(version = fence.version, error = %e, "coordination: could not remove the members; waiting for their sessions to expire");
+            }
+            tokio::time::sleep(session).await;
+            catch_up(proxy, c, changing).await?;
+            if c.members().is_none() {
+                return Err("this instance left the coordination group during the fence".into());
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if c.fleet().released >= fence.version {
+        return Ok(());
     }
     metrics::fence_wait(fence.since.elapsed());
     publish_release(proxy, c, fence).await?;
@@ -471,6 +521,12 @@ pub(super) async fn propose(
     catch_up(proxy, c, changing)
         .await
         .map_err(|e| fail(format!("{e}; the change was not published")))?;
+    if c.holds() {
+        return Err(fail(format!(
+            "this instance is not a member of the coordination group `{}` (or has not read the shared state since it joined); the change was not published",
+            c.membership.group()
+        )));
+    }
     proxy.check(changing, &new).await?;
     // What else changed (timeouts, certificates) is this instance's own: applied
     // here first, at the version it has.

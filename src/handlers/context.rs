@@ -129,6 +129,12 @@ pub trait Shared: Sync {
     fn producers(&self) -> &Arc<Producers>;
     fn inflight(&self) -> &Arc<Inflight>;
     fn group_switches(&self) -> &Arc<GroupSwitches>;
+    /// Whether this instance holds every write and group request: with
+    /// `[coordination]`, it is not a member of the coordination group, or has not
+    /// read the shared state since it became one (switch::membership).
+    fn holding(&self) -> bool {
+        false
+    }
 }
 
 /// Everything a handler needs for one request: the routing table loaded once for

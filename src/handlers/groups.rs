@@ -223,6 +223,11 @@ pub(crate) async fn group_api(
         }
         _ => return Ok(plain(frame)?),
     };
+    if ctx.shared.holding() {
+        // Out of the coordination group: this group may be switching without this
+        // instance, so neither its old nor its new coordinator is served from here.
+        return group_error(frame, COORDINATOR_NOT_AVAILABLE);
+    }
     let key = ctx.identity(frame);
     // Membership links the identity to the group only once the broker accepts it
     // (confirm_group_link, on the response): a request alone proves nothing, and
@@ -397,6 +402,7 @@ pub fn rewrite_offsets_renamed(
 /// How long a rejoin is held at most while its group switches.
 const JOIN_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(120);
 const REBALANCE_IN_PROGRESS: i16 = ResponseError::RebalanceInProgress.code();
+const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
 const UNKNOWN_MEMBER_ID: i16 = ResponseError::UnknownMemberId.code();
 
 /// The proxy's own answer to a group request: `code` for the whole request.

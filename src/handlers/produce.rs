@@ -49,9 +49,13 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
     let mut changed = false;
 
     let routes = ctx.routes.clone();
+    // An instance out of the coordination group writes nothing: the others may be
+    // flipping any topic without it.
+    let holding = ctx.shared.holding();
     req.topic_data.retain_mut(|t| {
         // A fenced topic (a flip in progress across instances) is written nowhere.
-        let elsewhere = routes.produce_cluster(&t.name) != here
+        let elsewhere = holding
+            || routes.produce_cluster(&t.name) != here
             || (!routes.fenced.is_empty() && routes.fenced.contains(t.name.as_str()));
         let parts = t.partition_data.iter().map(|p| p.index);
         plan.route_topic(&routes, &here, &mut t.name, parts, elsewhere)

@@ -19,6 +19,7 @@
 //! loops that follow the log and publish to it are in `control::coordination`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 
+use super::membership::Membership;
 use super::ops;
 use crate::config::CoordinationConfig;
 use crate::upstream::ClusterView;
@@ -289,6 +291,9 @@ pub struct Fleet {
 #[derive(Debug, Clone)]
 pub struct Fence {
     pub version: u64,
+    /// The instance that published the version, and releases the fence unless it
+    /// leaves the group first (then the leader does).
+    pub by: String,
     pub flips: Vec<super::ProduceFlip>,
     pub since: std::time::Instant,
     /// Whether this instance applied the version. One that could not keeps its
@@ -307,32 +312,64 @@ pub struct Coordinator {
     pub next: Mutex<i64>,
     /// Fences applied here and not yet released.
     pub fences: Mutex<Vec<Fence>>,
+    /// This instance's membership of the coordination group.
+    pub membership: Arc<Membership>,
+    /// The membership (`Membership::current`'s count of joins) for which the log was
+    /// last read to its end: an instance that (re)joins reads what it missed before
+    /// it serves writes again.
+    caught: AtomicU64,
 }
 
 impl Coordinator {
     pub fn new(config: CoordinationConfig, cluster: Arc<ClusterView>, timeout: Duration) -> Self {
-        let log = StateLog::new(cluster, config.topic.clone(), timeout);
+        let log = StateLog::new(cluster.clone(), config.topic.clone(), timeout);
+        let membership = Arc::new(Membership::new(
+            cluster,
+            config.topic.clone(),
+            config.instance.clone(),
+            config.session_timeout,
+            timeout,
+        ));
         Coordinator {
             config,
             log,
             fleet: Mutex::new(Fleet::default()),
             next: Mutex::new(0),
             fences: Mutex::new(Vec::new()),
+            membership,
+            caught: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this instance holds every write and group request: it is not a member
+    /// of the coordination group (not yet, or no longer: cut off from the
+    /// coordination cluster, paused, removed), or it has not read the log since it
+    /// became one. The others may be switching without it, so it serves nothing
+    /// that a switch could make wrong.
+    pub fn holds(&self) -> bool {
+        match self.membership.current() {
+            Some((_, joins)) => self.caught.load(Ordering::Acquire) != joins,
+            None => true,
+        }
+    }
+
+    /// The membership count to record once the log has been read to its end.
+    pub fn joins_now(&self) -> Option<u64> {
+        self.membership.current().map(|(_, j)| j)
+    }
+
+    /// Records that the log was read to its end during membership `joins`.
+    pub fn caught_up_at(&self, joins: u64) {
+        self.caught.store(joins, Ordering::Release);
+    }
+
+    /// The members of the current generation, while this instance is one of them.
+    pub fn members(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.membership.view().map(|v| v.members)
     }
 
     pub fn fleet(&self) -> Fleet {
         self.fleet.lock().expect("fleet lock").clone()
-    }
-
-    /// Instances heard from within the session timeout, by `now_ms`.
-    pub fn live(&self, now: u64) -> BTreeMap<String, InstanceSeen> {
-        let limit = self.config.session_timeout.as_millis() as u64;
-        self.fleet()
-            .instances
-            .into_iter()
-            .filter(|(_, s)| now.saturating_sub(s.at_ms) <= limit)
-            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod coordination;
 pub mod groups;
 pub mod identity;
 pub mod inflight;
+pub mod membership;
 pub mod mm2;
 pub mod ops;
 pub mod producers;

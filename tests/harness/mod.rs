@@ -13,6 +13,7 @@ pub mod clients;
 pub mod groups;
 pub mod migration;
 pub mod rdk;
+pub mod relay;
 pub mod scenarios;
 pub mod security;
 
@@ -304,7 +305,14 @@ impl Cluster {
     /// SCRAM-SHA-512; `user`/`password` is the only account (also used between
     /// brokers).
     pub fn start_scram(n: usize, name: &str, user: &str, password: &str) -> Cluster {
-        Self::start_inner(KafkaVersion::V2_4, n, name, None, Some((user, password)))
+        Self::start_inner(
+            KafkaVersion::V2_4,
+            n,
+            name,
+            None,
+            Some((user, password)),
+            &[],
+        )
     }
 
     /// Java client properties for talking to this cluster directly.
@@ -337,7 +345,16 @@ impl Cluster {
     }
 
     fn start_with(version: KafkaVersion, n: usize, name: &str, tls: Option<&Path>) -> Cluster {
-        Self::start_inner(version, n, name, tls, None)
+        Self::start_inner(version, n, name, tls, None, &[])
+    }
+
+    /// A one-broker Kafka 3.9 cluster with one more plaintext listener per entry of
+    /// `relayed`: listener `i` is on port `relayed[i].1` and advertises
+    /// `127.0.0.1:relayed[i].0`, where a [`relay::Relay`] forwards to it. A client
+    /// bootstrapped at a relay reaches the broker only through it, so cutting the
+    /// relay cuts that client off the cluster, and no one else.
+    pub fn start_relayed(name: &str, relayed: &[(u16, u16)]) -> Cluster {
+        Self::start_inner(KafkaVersion::V3, 1, name, None, None, relayed)
     }
 
     fn start_inner(
@@ -346,6 +363,7 @@ impl Cluster {
         name: &str,
         tls: Option<&Path>,
         scram: Option<(&str, &str)>,
+        relayed: &[(u16, u16)],
     ) -> Cluster {
         assert!(
             scram.is_none() || version == KafkaVersion::V2_4,
@@ -491,15 +509,23 @@ impl Cluster {
                                 )
                             }
                         };
+                        let mut listeners = format!("{proto}://127.0.0.1:{port}");
+                        let mut advertised = listeners.clone();
+                        let mut map = format!("{proto}:{proto},CONTROLLER:PLAINTEXT");
+                        for (r, (relay, listener)) in relayed.iter().enumerate() {
+                            listeners += &format!(",RELAY{r}://127.0.0.1:{listener}");
+                            advertised += &format!(",RELAY{r}://127.0.0.1:{relay}");
+                            map += &format!(",RELAY{r}:PLAINTEXT");
+                        }
                         format!(
                             "process.roles=broker,controller\n\
                              node.id={}\n\
                              controller.quorum.voters={voters}\n\
-                             listeners={proto}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
-                             advertised.listeners={proto}://127.0.0.1:{port}\n\
+                             listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}\n\
+                             advertised.listeners={advertised}\n\
                              controller.listener.names=CONTROLLER\n\
                              inter.broker.listener.name={proto}\n\
-                             listener.security.protocol.map={proto}:{proto},CONTROLLER:PLAINTEXT\n{ssl}",
+                             listener.security.protocol.map={map}\n{ssl}",
                             i + 1
                         )
                     })
@@ -840,6 +866,22 @@ impl Proxy {
     pub fn kill_and_restart(&self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Starts a proxy stopped with [`Proxy::stop`] again, with the same config file
+    /// and state directory.
+    pub fn start_again(&self) {
+        self.spawn();
+    }
+
+    /// Sends `signal` ("STOP", "CONT", ...) to the proxy process itself.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the proxy is running");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
     }
 
     /// Rewrites the config file with new `[clusters]`/`[routes]` sections (the
