@@ -17,6 +17,7 @@
 //! proposer is gone, any instance releases a fence older than the session timeout
 //! plus a grace; the first release in the log counts.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,8 @@ use crate::proxy::Proxy;
 use crate::routes::RouteTable;
 use crate::state::Mark;
 use crate::switch::coordination::{
-    now_ms, Coordinator, Entry, Fence, InstanceSeen, ACK_PREFIX, INSTANCE_PREFIX, MARK_PREFIX,
+    now_ms, Coordinator, Entry, Fence, GroupPhase, GroupStat, InstanceSeen, ProducerKey,
+    ACK_PREFIX, GROUP_PREFIX, GROUP_STAT_PREFIX, INSTANCE_PREFIX, MARK_PREFIX, PRODUCER_KEY,
     RELEASE_KEY, ROUTES_KEY,
 };
 
@@ -95,6 +97,15 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
             c.log.ensure_topic().await?;
             let changing = proxy.changing.lock().await;
             catch_up(&proxy, &c, &changing).await?;
+            if !c.keyed.load(Ordering::Acquire) {
+                // The first instance offers its own key; every instance adopts the
+                // first one in the log.
+                let key = ProducerKey {
+                    key: proxy.producers.issuing_key(),
+                };
+                c.publish(PRODUCER_KEY, &key).await?;
+                catch_up(&proxy, &c, &changing).await?;
+            }
             if c.fleet().published == 0 {
                 // Nobody has published yet: this instance's table is the first,
                 // unless another instance starting at the same moment won.
@@ -273,6 +284,36 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
         }
         return;
     }
+    if e.key == PRODUCER_KEY {
+        if let Ok(k) = serde_json::from_slice::<ProducerKey>(&e.value) {
+            if !c.keyed.swap(true, Ordering::AcqRel) {
+                proxy.producers.adopt_key(k.key);
+                tracing::info!(
+                    "coordination: virtual producer ids are issued under the shared key"
+                );
+            }
+        }
+        return;
+    }
+    if e.key.starts_with(GROUP_PREFIX) {
+        match serde_json::from_slice::<GroupPhase>(&e.value) {
+            Ok(p) => proxy.follow_group_phase(changing, c, p),
+            Err(err) => {
+                tracing::warn!(offset = e.offset, error = %err, "coordination: unreadable group switch record skipped")
+            }
+        }
+        return;
+    }
+    if e.key.starts_with(GROUP_STAT_PREFIX) {
+        if let Ok(s) = serde_json::from_slice::<GroupStat>(&e.value) {
+            let key = (s.group.clone(), s.instance.clone());
+            c.group_stats
+                .lock()
+                .expect("group stats lock")
+                .insert(key, s);
+        }
+        return;
+    }
     if e.key == RELEASE_KEY {
         if let Ok(r) = serde_json::from_slice::<FenceVersion>(&e.value) {
             release_up_to(proxy, c, changing, r.version);
@@ -308,16 +349,22 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
     }
     let fence: BTreeSet<String> = p.fence.iter().cloned().collect();
     let old_table = proxy.routes();
+    let mode = if c.fleet().adopted {
+        Marks::Published
+    } else {
+        Marks::Adopted
+    };
     let applied = match proxy.config().with_routes_toml(&p.routes) {
         Ok(new) => {
             proxy
-                .apply_mode(changing, new, Some(p.version), Marks::Published, &fence)
+                .apply_mode(changing, new, Some(p.version), mode, &fence)
                 .await
         }
         Err(err) => Err(err),
     };
     let applied = match applied {
         Ok((v, _)) => {
+            c.fleet.lock().expect("fleet lock").adopted = true;
             tracing::info!(version = v, by = %p.by, "coordination: published routing table applied");
             true
         }

@@ -8,6 +8,8 @@ use crate::config::{ConfigErrors, GroupRoute, Matcher, OffsetStrategy, SwitchWhe
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::state::{GroupSwitch, Phase};
+use crate::switch::coordination::{Coordinator, GroupPhase};
+use crate::switch::groups::Release;
 
 impl Proxy {
     /// Picks up group switches a previous run left unfinished: before the flip the
@@ -53,7 +55,11 @@ impl Proxy {
 
     /// The switch of `group` flipped: it follows its row from now on.
     pub async fn unpin_group(&self, group: &str) {
-        let _one_at_a_time = self.changing.lock().await;
+        let changing = self.changing.lock().await;
+        self.unpin_group_locked(&changing, group);
+    }
+
+    fn unpin_group_locked(&self, _changing: &Changing<'_>, group: &str) {
         let mut t = (*self.routes()).clone();
         t.pins.remove(group);
         tracing::info!(
@@ -62,6 +68,94 @@ impl Proxy {
             "group route flipped"
         );
         self.routes.store(Arc::new(t));
+    }
+
+    /// A phase of a group switch recorded in the shared log by the instance that
+    /// drives it (`[coordination]`), applied here: the request path holds, steers
+    /// and settles the group's members on this instance as the driver's does. A
+    /// switch this instance had not started (it joined the migration after the
+    /// switch began) is taken up at the recorded phase.
+    pub(crate) fn follow_group_phase(
+        self: &Proxy,
+        changing: &Changing<'_>,
+        c: &Coordinator,
+        p: GroupPhase,
+    ) {
+        let group = p.switch.group.clone();
+        c.group_phases
+            .lock()
+            .expect("group phases lock")
+            .insert(group.clone(), p.clone());
+        if p.by == c.config.instance {
+            return;
+        }
+        let phase = p.switch.phase;
+        let switches = &self.group_switches;
+        let local = self.state.group_switches().into_iter().find(|s| {
+            s.group == group
+                && s.from == p.switch.from
+                && s.to == p.switch.to
+                && !s.phase.finished()
+                && switches.is_live(&group)
+        });
+        let mut local = match local {
+            Some(l) => l,
+            None if phase.finished() => return,
+            None => {
+                let mut l = p.switch.clone();
+                l.started_at_ms = handoff::now_ms();
+                tracing::info!(%group, from = %l.from, to = %l.to, phase = phase.as_str(), "group switch in progress elsewhere taken up here");
+                switches.start(&group, &l.from, phase, l.started_at_ms);
+                if phase < Phase::Flipped {
+                    let mut t = (*self.routes()).clone();
+                    t.pins.insert(group.clone(), l.from.clone());
+                    self.routes.store(Arc::new(t));
+                }
+                if let Some(me) = self.me.upgrade() {
+                    self.spawn(handoff::run(me, l.clone()));
+                }
+                l
+            }
+        };
+        let before = local.phase;
+        local.phase = phase;
+        local.reason = p.switch.reason.clone();
+        local.moves = p.switch.moves.clone();
+        local.updated_at_ms = handoff::now_ms();
+        if let Err(e) = self.state.record_group(local.clone()) {
+            tracing::error!(%group, error = %e, "could not record a group switch phase in the state store");
+        }
+        switches.set_phase(&group, phase);
+        switches.set_eager(&group, p.eager);
+        switches.add_old_members(&group, p.old_members.iter().map(String::as_str));
+        metrics::switch_phase("group", &group, phase);
+        tracing::info!(%group, from = %local.from, to = %local.to, phase = phase.as_str(), by = %p.by, "group switch phase (recorded by the driving instance)");
+        let flips = phase == Phase::Flipped || (phase == Phase::Done && before < Phase::Flipped);
+        if flips {
+            switches.flipping(
+                &group,
+                &local.to,
+                &p.assignor,
+                local
+                    .moves
+                    .iter()
+                    .filter(|_| p.had_members)
+                    .map(|m| ((m.topic.clone(), m.partition), m.new_offset)),
+            );
+            self.unpin_group_locked(changing, &group);
+            switches.release(&group, Release::Flipped);
+        }
+        if phase.finished() {
+            let release = if phase == Phase::Done {
+                Release::Flipped
+            } else {
+                Release::Stay
+            };
+            // A failed switch leaves the group pinned where it was, as on the
+            // driving instance; a cancelled one was unpinned by the table that
+            // cancelled it.
+            switches.finish(&group, local.started_at_ms, release);
+        }
     }
 
     /// Switches one group to cluster `req.to` (admin API and CLI). With `when =
@@ -109,6 +203,7 @@ impl Proxy {
                     moves: Vec::new(),
                     started_at_ms: now,
                     updated_at_ms: now,
+                    route_version: self.routes().version,
                 });
                 if let Err(w) = recorded {
                     tracing::error!(group, error = %w, "could not record the refused switch in the state store");

@@ -19,6 +19,7 @@
 //! again from the start (every step before the flip can be repeated); from `flipped`
 //! on the group is on the new cluster, where its offsets already are.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,9 @@ use crate::metrics;
 use crate::proxy::Proxy;
 use crate::state::{GroupSwitch, OffsetMove, Phase};
 
+use crate::switch::coordination::{
+    Coordinator, GroupPhase, GroupStat, GROUP_PREFIX, GROUP_STAT_PREFIX,
+};
 use crate::switch::groups::Release;
 use crate::switch::ops;
 use crate::switch::translate::{self, Committed, TranslateCtx, TranslateError};
@@ -51,6 +55,9 @@ pub fn now_ms() -> u64 {
 enum End {
     Cancelled,
     Failed(String),
+    /// With `[coordination]`: this instance no longer leads (or cannot record the
+    /// phase); whoever leads resumes the switch from its recorded phase.
+    Abandoned,
 }
 
 /// Test hook: a pause after each phase is recorded, so a test can kill the proxy
@@ -68,10 +75,21 @@ struct Driver<'a> {
     timeout: Duration,
     strategy: OffsetStrategy,
     when: SwitchWhen,
+    /// With `[coordination]`: the switch is driven by the leader of the
+    /// coordination group and followed by every other instance.
+    coord: Option<Arc<Coordinator>>,
+    /// What the other instances need to apply a phase (see `GroupPhase`).
+    eager: bool,
+    old_members: Vec<String>,
+    assignor: String,
+    had_members: bool,
 }
 
 impl Driver<'_> {
     async fn enter(&mut self, phase: Phase) -> Result<(), End> {
+        if self.coord.as_ref().is_some_and(|c| !c.leads()) {
+            return Err(End::Abandoned);
+        }
         self.sw.phase = phase;
         self.sw.updated_at_ms = now_ms();
         self.proxy
@@ -81,10 +99,99 @@ impl Driver<'_> {
         self.proxy.group_switches.set_phase(&self.sw.group, phase);
         metrics::switch_phase("group", &self.sw.group, phase);
         tracing::info!(group = %self.sw.group, from = %self.sw.from, to = %self.sw.to, phase = phase.as_str(), "group switch phase");
+        self.publish().await?;
         if let Some(pause) = phase_pause().filter(|_| !phase.finished()) {
             tokio::time::sleep(pause).await;
         }
         Ok(())
+    }
+
+    /// Records the switch as it stands in the shared log, for every instance to
+    /// apply (`[coordination]` only).
+    async fn publish(&self) -> Result<(), End> {
+        let Some(c) = &self.coord else {
+            return Ok(());
+        };
+        let record = GroupPhase {
+            switch: self.sw.clone(),
+            eager: self.eager,
+            old_members: self.old_members.clone(),
+            assignor: self.assignor.clone(),
+            had_members: self.had_members,
+            by: c.config.instance.clone(),
+        };
+        let key = format!("{GROUP_PREFIX}{}", self.sw.group);
+        c.publish(&key, &record).await.map_err(|e| {
+            tracing::warn!(group = %self.sw.group, error = %e, "group switch phase not recorded in the shared state; the leader resumes it");
+            End::Abandoned
+        })?;
+        Ok(())
+    }
+
+    /// What the other instances report of the switch (`[coordination]`).
+    fn others(&self) -> Vec<GroupStat> {
+        self.coord
+            .as_ref()
+            .map(|c| c.others_stats(&self.sw.group, self.sw.route_version))
+            .unwrap_or_default()
+    }
+
+    /// Highest fetch positions seen while quiescing, on every instance.
+    fn positions(&self) -> HashMap<(String, i32), i64> {
+        let mut all = self.proxy.group_switches.positions(&self.sw.group);
+        for s in self.others() {
+            for (t, p, o) in s.positions {
+                let e = all.entry((t, p)).or_insert(o);
+                *e = (*e).max(o);
+            }
+        }
+        all
+    }
+
+    fn joins_waiting(&self) -> usize {
+        let here = self.proxy.group_switches.joins_waiting(&self.sw.group);
+        here + self.others().iter().map(|s| s.joins_waiting).sum::<usize>()
+    }
+
+    fn all_rejoined(&self) -> bool {
+        self.proxy.group_switches.all_rejoined(&self.sw.group)
+            && self.others().iter().all(|s| s.all_rejoined)
+    }
+
+    /// Members still without their real assignment on the new cluster (each is
+    /// served by one instance), and translated partitions no instance has seen
+    /// fetched there yet (a partition is fetched through one instance only).
+    fn unsettled(&self) -> (Vec<String>, Vec<(String, i32)>) {
+        let (mut members, mut partitions) = self.proxy.group_switches.unsettled(&self.sw.group);
+        for s in self.others() {
+            members.extend(s.unsettled_members);
+            partitions.retain(|p| s.unsettled_partitions.contains(p));
+        }
+        members.sort();
+        members.dedup();
+        (members, partitions)
+    }
+
+    /// What this instance sees of the switch, for the leader.
+    fn local_stat(&self, c: &Coordinator) -> GroupStat {
+        let switches = &self.proxy.group_switches;
+        let mut positions: Vec<(String, i32, i64)> = switches
+            .positions(&self.sw.group)
+            .into_iter()
+            .map(|((t, p), o)| (t, p, o))
+            .collect();
+        positions.sort();
+        let (unsettled_members, unsettled_partitions) = switches.unsettled(&self.sw.group);
+        GroupStat {
+            group: self.sw.group.clone(),
+            route_version: self.sw.route_version,
+            instance: c.config.instance.clone(),
+            positions,
+            joins_waiting: switches.joins_waiting(&self.sw.group),
+            all_rejoined: switches.all_rejoined(&self.sw.group),
+            unsettled_members,
+            unsettled_partitions,
+        }
     }
 
     fn cancelled(&self) -> Result<(), End> {
@@ -200,20 +307,22 @@ impl Driver<'_> {
             .await
             .map_err(End::Failed)?;
         let eager = !info.members.is_empty() && !info.cooperative();
-        let mut assignor = info.protocol.clone();
+        self.assignor = info.protocol.clone();
         switches.set_eager(&group, eager);
+        self.eager = eager;
+        self.publish().await?;
         tracing::info!(%group, protocol = %info.protocol, members = info.members.len(), eager, "quiescing group");
         let started = Instant::now();
         loop {
             tokio::time::sleep(POLL).await;
             self.cancelled()?;
             let committed = self.committed().await.map_err(End::Failed)?;
-            let positions = switches.positions(&group);
+            let positions = self.positions();
             let caught_up = positions
                 .iter()
                 .all(|(k, pos)| committed.get(k).is_some_and(|c| c >= pos));
             let settled = if eager {
-                switches.joins_waiting(&group) >= info.members.len()
+                self.joins_waiting() >= info.members.len()
             } else {
                 started.elapsed() >= QUIESCE_MIN
             };
@@ -237,12 +346,16 @@ impl Driver<'_> {
             .await
             .map_err(End::Failed)?;
         if !info.protocol.is_empty() {
-            assignor = info.protocol.clone();
+            self.assignor = info.protocol.clone();
         }
         // An empty group has nobody to settle: its first member reads the
         // committed offsets anyway.
         let had_members = !info.members.is_empty();
+        self.had_members = had_members;
         switches.add_old_members(&group, info.members.iter().map(|(m, _)| m.as_str()));
+        self.old_members
+            .extend(info.members.iter().map(|(m, _)| m.clone()));
+        self.publish().await?;
         ops::remove_members(&from, &group, &info.members, self.timeout)
             .await
             .map_err(End::Failed)?;
@@ -280,7 +393,7 @@ impl Driver<'_> {
         switches.flipping(
             &group,
             &self.sw.to,
-            &assignor,
+            &self.assignor,
             self.sw
                 .moves
                 .iter()
@@ -290,23 +403,31 @@ impl Driver<'_> {
         self.enter(Phase::Flipped).await?;
         self.proxy.unpin_group(&group).await;
         switches.release(&group, Release::Flipped);
+        self.settle().await
+    }
+
+    /// Done means every held client rejoined, every member holds its real
+    /// assignment on the new cluster and every translated partition was fetched
+    /// there (and audited), on every instance, or REJOIN_MAX passed: then what is
+    /// missing is said.
+    async fn settle(&self) -> Result<(), End> {
         let flipped = Instant::now();
-        // Done means every held client rejoined, every member holds its real
-        // assignment on the new cluster and every translated partition was fetched
-        // there (and audited), or REJOIN_MAX passed: then what is missing is said.
         loop {
-            let (members, partitions) = switches.unsettled(&group);
+            if self.coord.as_ref().is_some_and(|c| !c.leads()) {
+                return Err(End::Abandoned);
+            }
+            let (members, partitions) = self.unsettled();
             let settled = members.is_empty() && partitions.is_empty();
-            if switches.all_rejoined(&group) && settled {
+            if self.all_rejoined() && settled {
                 break;
             }
             if flipped.elapsed() >= REJOIN_MAX {
                 tracing::warn!(
-                    %group,
+                    group = %self.sw.group,
                     cluster = %self.sw.to,
                     members_without_assignment = ?members,
                     partitions_not_fetched = ?partitions,
-                    rejoined = switches.all_rejoined(&group),
+                    rejoined = self.all_rejoined(),
                     "group switch done, but not every member reads the new cluster yet"
                 );
                 break;
@@ -314,6 +435,57 @@ impl Driver<'_> {
             tokio::time::sleep(POLL).await;
         }
         Ok(())
+    }
+}
+
+/// What an instance does next in a switch it does not drive.
+enum Turn {
+    /// Drive it from the start (it had not flipped).
+    Drive,
+    /// It flipped: drive it to its end.
+    Settle,
+    /// It ended (its end was applied from the log).
+    Over,
+}
+
+/// With `[coordination]`, an instance that does not lead follows the switch: the
+/// phases the leader records are applied here as they are read
+/// (`Proxy::follow_group_phase`), and what this instance sees of the group's
+/// members is reported for the leader. Once this instance leads (the leader left
+/// the group), it takes over from the recorded phase.
+async fn follow(d: &mut Driver<'_>, c: &Coordinator) -> Turn {
+    let mut reported: Option<GroupStat> = None;
+    loop {
+        if !d.proxy.group_switches.is_live(&d.sw.group) {
+            return Turn::Over;
+        }
+        if c.leads() {
+            let recorded = c.group_phase(&d.sw.group, d.sw.route_version);
+            return match recorded {
+                Some(p) if p.switch.phase.finished() => Turn::Over,
+                Some(p) if p.switch.phase >= Phase::Flipped => {
+                    d.sw = p.switch;
+                    d.eager = p.eager;
+                    d.old_members = p.old_members;
+                    d.assignor = p.assignor;
+                    d.had_members = p.had_members;
+                    Turn::Settle
+                }
+                Some(p) => {
+                    d.old_members = p.old_members;
+                    Turn::Drive
+                }
+                None => Turn::Drive,
+            };
+        }
+        let stat = d.local_stat(c);
+        if reported.as_ref() != Some(&stat) {
+            let key = format!("{GROUP_STAT_PREFIX}{}/{}", c.config.instance, d.sw.group);
+            if c.publish(&key, &stat).await.is_ok() {
+                reported = Some(stat);
+            }
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -339,6 +511,7 @@ pub async fn check(
             moves: Vec::new(),
             started_at_ms: 0,
             updated_at_ms: 0,
+            route_version: 0,
         },
         timeout: proxy
             .config()
@@ -347,6 +520,11 @@ pub async fn check(
             .max(Duration::from_secs(10)),
         strategy,
         when: SwitchWhen::Now,
+        coord: None,
+        eager: false,
+        old_members: Vec::new(),
+        assignor: String::new(),
+        had_members: false,
     };
     let committed = d.committed().await.map_err(TranslateError::NotYet)?;
     d.translate(&committed).await
@@ -362,17 +540,46 @@ pub async fn run(proxy: Arc<Proxy>, sw: GroupSwitch) {
     let strategy = OffsetStrategy::parse(&sw.offsets).unwrap_or(OffsetStrategy::Marks);
     let when = SwitchWhen::parse(&sw.when).unwrap_or(SwitchWhen::Drained);
     let group = sw.group.clone();
+    let coord = proxy.coordination.clone();
     let mut d = Driver {
         proxy: &proxy,
         sw,
         timeout,
         strategy,
         when,
+        coord: coord.clone(),
+        eager: false,
+        old_members: Vec::new(),
+        assignor: String::new(),
+        had_members: false,
     };
-    let outcome = d.run().await;
+    let outcome = match coord {
+        None => d.run().await,
+        Some(c) => loop {
+            let driven = match follow(&mut d, &c).await {
+                Turn::Over => return,
+                Turn::Drive => {
+                    tracing::info!(group = %d.sw.group, "group switch driven here: this instance leads the coordination group");
+                    d.sw.phase = Phase::Waiting;
+                    d.run().await
+                }
+                Turn::Settle => {
+                    tracing::info!(group = %d.sw.group, "group switch taken over after its flip: this instance leads the coordination group now");
+                    d.settle().await
+                }
+            };
+            match driven {
+                Err(End::Abandoned) => continue,
+                other => break other,
+            }
+        },
+    };
     let (phase, release, outcome_label) = match outcome {
         Ok(()) => (Phase::Done, Release::Flipped, "ok"),
         Err(End::Cancelled) => (Phase::Cancelled, Release::Stay, "cancelled"),
+        // Only with coordination, where the loop above follows it again instead;
+        // whoever leads records its end.
+        Err(End::Abandoned) => return,
         Err(End::Failed(reason)) => {
             tracing::warn!(%group, %reason, "group switch failed; the group stays where it was");
             d.sw.reason = Some(reason);

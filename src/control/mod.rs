@@ -70,6 +70,11 @@ pub(crate) enum Marks {
     /// cluster (`RouteTable::fenced`) until the release, and their marks are the
     /// ones published with it.
     Published,
+    /// The first published table an instance applies (it starts, or joins the
+    /// migration late): like `Published`, but its own file's table is no earlier
+    /// state of the migration, so no group switch starts from the difference. A
+    /// switch in progress is joined from its recorded phase instead.
+    Adopted,
 }
 
 /// A topic switch or rollback asked for through the admin API.
@@ -336,9 +341,17 @@ impl Proxy {
             .connect_timeout
             .max(std::time::Duration::from_secs(5));
         let unseen = self.unseen_groups(&old_table, &table, timeout).await;
-        let group_plan = self
+        let mut group_plan = self
             .group_changes(&old_table, &table, unseen)
             .map_err(ConfigErrors)?;
+        if marks_mode == Marks::Adopted {
+            group_plan.start.clear();
+            group_plan.cancel.clear();
+            group_plan.pins = old_table.pins.clone();
+        }
+        for sw in &mut group_plan.start {
+            sw.route_version = version;
+        }
         table.pins = group_plan.pins;
         let flips = self
             .flips(&old_table, &table, timeout)
@@ -361,7 +374,7 @@ impl Proxy {
                     );
                 }
             }
-            Marks::Published => table.fenced.extend(fence.iter().cloned()),
+            Marks::Published | Marks::Adopted => table.fenced.extend(fence.iter().cloned()),
         }
         // Durable before anything is visible: marks must describe the target before
         // any write routed by the new table can reach it, and a group's switch
@@ -579,6 +592,7 @@ impl Proxy {
                 moves: Vec::new(),
                 started_at_ms: now,
                 updated_at_ms: now,
+                route_version: 0,
             });
         }
         if errors.is_empty() {

@@ -343,6 +343,15 @@ pub(crate) fn init_producer_id(
         return Ok(forward(frame, frame.bytes.clone(), ResponseRewrite::None));
     }
     let mut req: InitProducerIdRequest = frame.decode()?;
+    if ctx.shared.holding() {
+        // Out of the coordination group: an id issued now might carry a key the
+        // other instances do not share yet; the client asks again.
+        let resp = InitProducerIdResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        return respond(frame, &resp);
+    }
     if req.transactional_id.is_some() {
         // Transactional producers keep their coordinator's id (module docs of
         // switch::producers).

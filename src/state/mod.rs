@@ -138,6 +138,10 @@ pub struct GroupSwitch {
     pub moves: Vec<OffsetMove>,
     pub started_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The routing table version that started the switch: with `[coordination]`,
+    /// what names the same switch on every instance.
+    #[serde(default)]
+    pub route_version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ fn group(name: &str, phase: Phase) -> GroupSwitch {
         }],
         started_at_ms: 1,
         updated_at_ms: 2,
+        route_version: 0,
     }
 }
 

@@ -50,6 +50,58 @@ pub const ACK_PREFIX: &str = "ack.";
 pub const MARK_PREFIX: &str = "mark.";
 /// Key of the latest fence release.
 pub const RELEASE_KEY: &str = "release";
+/// Key of the key every instance issues virtual producer ids under (the first
+/// record wins).
+pub const PRODUCER_KEY: &str = "producer-ids.key";
+
+/// The shared producer-id key.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProducerKey {
+    pub key: [u8; 32],
+}
+
+/// Key prefix of a group switch's latest phase, written by the leader driving it.
+pub const GROUP_PREFIX: &str = "group.";
+/// Key prefix of what one instance sees of a group switch (its members there).
+pub const GROUP_STAT_PREFIX: &str = "gstat.";
+
+/// A group switch as the instance driving it recorded it: the phase every
+/// instance serving a member of the group applies, and what they need for it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GroupPhase {
+    pub switch: crate::state::GroupSwitch,
+    /// The group's assignor is eager: heartbeats on the old cluster are answered
+    /// REBALANCE_IN_PROGRESS while it quiesces.
+    pub eager: bool,
+    /// Member ids removed from the old group, answered UNKNOWN_MEMBER_ID after the
+    /// flip.
+    pub old_members: Vec<String>,
+    /// The assignor the old cluster reported.
+    pub assignor: String,
+    /// The group had members when they were removed (its translated offsets are
+    /// audited at their first fetch on the new cluster).
+    pub had_members: bool,
+    /// The instance driving the switch.
+    pub by: String,
+}
+
+/// What one instance sees of a group switch: the members connected through it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupStat {
+    pub group: String,
+    pub route_version: u64,
+    pub instance: String,
+    /// Highest fetch position per (topic, partition) seen while quiescing.
+    pub positions: Vec<(String, i32, i64)>,
+    /// Rejoins held here.
+    pub joins_waiting: usize,
+    /// Every client whose fetches were held here has rejoined on the new cluster.
+    pub all_rejoined: bool,
+    /// Members here still without their real assignment on the new cluster.
+    pub unsettled_members: Vec<String>,
+    /// Translated partitions not yet fetched here on the new cluster.
+    pub unsettled_partitions: Vec<(String, i32)>,
+}
 
 /// One record read from the log.
 #[derive(Debug, Clone)]
@@ -285,6 +337,9 @@ pub struct Fleet {
     pub acks: BTreeMap<u64, std::collections::BTreeSet<String>>,
     /// The highest version whose fence was released.
     pub released: u64,
+    /// Whether this instance has applied a published table yet (the first one it
+    /// applies is adopted, see `control::Marks::Adopted`).
+    pub adopted: bool,
 }
 
 /// A produce flip held across instances until released.
@@ -314,10 +369,17 @@ pub struct Coordinator {
     pub fences: Mutex<Vec<Fence>>,
     /// This instance's membership of the coordination group.
     pub membership: Arc<Membership>,
+    /// The latest recorded phase of each group switch.
+    pub group_phases: Mutex<BTreeMap<String, GroupPhase>>,
+    /// What each instance sees of each group switch, by (group, instance).
+    pub group_stats: Mutex<BTreeMap<(String, String), GroupStat>>,
     /// The membership (`Membership::current`'s count of joins) for which the log was
     /// last read to its end: an instance that (re)joins reads what it missed before
     /// it serves writes again.
     caught: AtomicU64,
+    /// Whether the shared producer-id key has been read and adopted: until then
+    /// this instance holds, as if not yet a member.
+    pub keyed: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -337,7 +399,10 @@ impl Coordinator {
             next: Mutex::new(0),
             fences: Mutex::new(Vec::new()),
             membership,
+            group_phases: Mutex::new(BTreeMap::new()),
+            group_stats: Mutex::new(BTreeMap::new()),
             caught: AtomicU64::new(0),
+            keyed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -347,6 +412,9 @@ impl Coordinator {
     /// became one. The others may be switching without it, so it serves nothing
     /// that a switch could make wrong.
     pub fn holds(&self) -> bool {
+        if !self.keyed.load(Ordering::Acquire) {
+            return true;
+        }
         match self.membership.current() {
             Some((_, joins)) => self.caught.load(Ordering::Acquire) != joins,
             None => true,
@@ -366,6 +434,46 @@ impl Coordinator {
     /// The members of the current generation, while this instance is one of them.
     pub fn members(&self) -> Option<std::collections::BTreeSet<String>> {
         self.membership.view().map(|v| v.members)
+    }
+
+    /// Whether this instance leads the coordination group (drives group switches)
+    /// and serves.
+    pub fn leads(&self) -> bool {
+        self.membership.is_leader() && !self.holds()
+    }
+
+    /// The latest phase recorded for the switch of `group` started by `version`.
+    pub fn group_phase(&self, group: &str, version: u64) -> Option<GroupPhase> {
+        self.group_phases
+            .lock()
+            .expect("group phases lock")
+            .get(group)
+            .filter(|p| p.switch.route_version == version)
+            .cloned()
+    }
+
+    /// What the other current members see of the switch of `group` started by
+    /// `version`.
+    pub fn others_stats(&self, group: &str, version: u64) -> Vec<GroupStat> {
+        let members = self.members().unwrap_or_default();
+        self.group_stats
+            .lock()
+            .expect("group stats lock")
+            .values()
+            .filter(|s| {
+                s.group == group
+                    && s.route_version == version
+                    && s.instance != self.config.instance
+                    && members.contains(&s.instance)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Writes a record to the shared log.
+    pub async fn publish<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<i64, String> {
+        let bytes = serde_json::to_vec(value).expect("serializes");
+        self.log.append(key, &bytes).await
     }
 
     pub fn fleet(&self) -> Fleet {

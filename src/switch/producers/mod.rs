@@ -276,7 +276,15 @@ pub struct Producers {
     inner: Mutex<Table>,
     limits: ProducerLimits,
     /// Signs the virtual ids this proxy issues ([`Producers::issue_id`]).
-    key: [u8; 32],
+    keys: std::sync::RwLock<Keys>,
+}
+
+/// The key ids are issued under, and the earlier ones still accepted.
+struct Keys {
+    issue: [u8; 32],
+    /// Keys ids were issued under before the current one was adopted
+    /// ([`Producers::adopt_key`]): those ids are still recognised.
+    earlier: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Producers {
@@ -307,8 +315,30 @@ impl Producers {
         Producers {
             inner: Mutex::default(),
             limits,
-            key,
+            keys: std::sync::RwLock::new(Keys {
+                issue: key,
+                earlier: Vec::new(),
+            }),
         }
+    }
+
+    /// Issues ids under `key` from now on, still recognising ids issued under the
+    /// keys before it. With `[coordination]` every instance adopts the one key
+    /// published in the shared state, so an id issued by any instance is recognised
+    /// by all: a producer whose connections move between replicas keeps its id.
+    pub fn adopt_key(&self, key: [u8; 32]) {
+        let mut keys = self.keys.write().expect("keys lock");
+        if keys.issue == key {
+            return;
+        }
+        let old = std::mem::replace(&mut keys.issue, key);
+        keys.earlier.retain(|k| *k != key);
+        keys.earlier.push(old);
+    }
+
+    /// The key ids are issued under now.
+    pub fn issuing_key(&self) -> [u8; 32] {
+        self.keys.read().expect("keys lock").issue
     }
 
     /// The virtual id a client is given for `upstream_pid` from `cluster`: tagged,
@@ -318,8 +348,9 @@ impl Producers {
         if !(0..=UPSTREAM_MASK).contains(&upstream_pid) || cluster >= MAX_CLUSTERS {
             return to_virtual(upstream_pid, cluster);
         }
+        let key = self.issuing_key();
         TAGGED
-            | (tag(&self.key, cluster, upstream_pid) << TAG_SHIFT)
+            | (tag(&key, cluster, upstream_pid) << TAG_SHIFT)
             | (upstream_pid << CLUSTER_BITS)
             | cluster as i64
     }
@@ -330,7 +361,11 @@ impl Producers {
             return false;
         }
         let (cluster, upstream) = from_virtual(vpid);
-        (vpid >> TAG_SHIFT) & TAG_MASK == tag(&self.key, cluster, upstream)
+        let keys = self.keys.read().expect("keys lock");
+        let tagged = (vpid >> TAG_SHIFT) & TAG_MASK;
+        std::iter::once(&keys.issue)
+            .chain(&keys.earlier)
+            .any(|k| tagged == tag(k, cluster, upstream))
     }
 
     /// The proxy handed `vpid` to a client (an InitProducerId answer without error):

@@ -323,3 +323,24 @@ fn sequences_wrap_like_the_broker() {
     assert_eq!(seq_add(i32::MAX, 1), 0);
     assert_eq!(seq_add(3, -5), i32::MAX - 1);
 }
+
+#[test]
+fn instances_sharing_an_adopted_key_recognise_each_others_ids() {
+    let shared = [9u8; 32];
+    let a = Producers::with_key(ProducerLimits::default(), [1u8; 32]);
+    let b = Producers::with_key(ProducerLimits::default(), [2u8; 32]);
+    let before = a.issue_id(10, 0);
+    assert!(!b.verifies(before), "different keys, no trust");
+    a.adopt_key(shared);
+    b.adopt_key(shared);
+    // Issued under the shared key on one instance, recognised on the other.
+    let after = a.issue_id(11, 0);
+    assert_ne!(after, before);
+    assert!(a.verifies(after) && b.verifies(after));
+    // An id issued before the adoption stays recognised where it was issued.
+    assert!(a.verifies(before));
+    assert!(!b.verifies(before));
+    // Adopting the same key again changes nothing.
+    a.adopt_key(shared);
+    assert!(a.verifies(before) && a.verifies(after));
+}
