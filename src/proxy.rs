@@ -330,6 +330,10 @@ impl crate::handlers::Shared for Proxy {
         self.coordination.as_ref().is_some_and(|c| c.holds())
     }
 
+    fn coordinator(&self) -> Option<&Arc<crate::switch::coordination::Coordinator>> {
+        self.coordination.as_ref()
+    }
+
     fn group_switches(&self) -> &Arc<GroupSwitches> {
         &self.group_switches
     }

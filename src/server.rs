@@ -106,6 +106,9 @@ pub async fn run(
     // Group switches and reloads in progress stop here; their phases are in the
     // state store, and the next start resumes them.
     proxy.stop_tasks(std::time::Duration::from_secs(1)).await;
+    if let Some(c) = &proxy.coordination {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.membership.leave()).await;
+    }
     Ok(())
 }
 

@@ -31,9 +31,10 @@ use crate::routes::RouteTable;
 use crate::state::Mark;
 use crate::switch::coordination::{
     now_ms, Coordinator, Entry, Fence, GroupPhase, GroupStat, InstanceSeen, ProducerKey,
-    ACK_PREFIX, GROUP_PREFIX, GROUP_STAT_PREFIX, INSTANCE_PREFIX, MARK_PREFIX, PRODUCER_KEY,
-    RELEASE_KEY, ROUTES_KEY,
+    SharedLink, ACK_PREFIX, GROUP_PREFIX, GROUP_STAT_PREFIX, INSTANCE_PREFIX, LINK_PREFIX,
+    MARK_PREFIX, PRODUCER_KEY, RELEASE_KEY, RELOCATED_PREFIX, ROUTES_KEY,
 };
+use crate::switch::identity::IdentityKey;
 
 /// A published routing table.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -82,6 +83,19 @@ pub fn start(proxy: &Arc<Proxy>) {
     };
     let membership = c.membership.clone();
     proxy.spawn(async move { membership.run().await });
+    // Group links confirmed here, for the instances a client's other connections
+    // land on.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(IdentityKey, String)>(1024);
+    proxy.identities.share_links(tx);
+    let shared = c.clone();
+    proxy.spawn(async move {
+        while let Some((identity, group)) = rx.recv().await {
+            let link = SharedLink { identity, group };
+            if let Err(e) = shared.publish(&link.key(), &link).await {
+                tracing::debug!(error = %e, "coordination: a group link was not shared");
+            }
+        }
+    });
     let me = proxy.clone();
     proxy.spawn(async move { follow(me, c).await });
 }
@@ -122,7 +136,7 @@ async fn follow(proxy: Arc<Proxy>, c: Arc<Coordinator>) {
             Ok(()) => break,
             Err(e) => {
                 failed(&c, &e);
-                tracing::warn!(topic = c.log.topic(), error = %e, "coordination: cannot read the shared state yet; holding writes and group requests, retrying");
+                tracing::warn!(topic = c.log.topic(), error = %e, "coordination: cannot read the shared state yet; holding writes, fetches and group requests, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -292,6 +306,18 @@ async fn apply_entry(proxy: &Proxy, c: &Coordinator, changing: &Changing<'_>, e:
                     "coordination: virtual producer ids are issued under the shared key"
                 );
             }
+        }
+        return;
+    }
+    if e.key.starts_with(LINK_PREFIX) {
+        if let Ok(l) = serde_json::from_slice::<SharedLink>(&e.value) {
+            proxy.identities.adopt_link(&l.identity, &l.group);
+        }
+        return;
+    }
+    if let Some(v) = e.key.strip_prefix(RELOCATED_PREFIX) {
+        if let Ok(vpid) = v.parse::<i64>() {
+            proxy.producers.mark_relocated(vpid);
         }
         return;
     }

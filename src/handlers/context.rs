@@ -135,6 +135,10 @@ pub trait Shared: Sync {
     fn holding(&self) -> bool {
         false
     }
+    /// The shared state of several instances, with `[coordination]`.
+    fn coordinator(&self) -> Option<&Arc<crate::switch::coordination::Coordinator>> {
+        None
+    }
 }
 
 /// Everything a handler needs for one request: the routing table loaded once for

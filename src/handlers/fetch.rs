@@ -125,6 +125,10 @@ pub(crate) async fn handle(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<Ac
         );
         switches.fetch_held(&groups, &key, ctx.cluster.name())
     };
+    // Out of the coordination group (or not caught up since joining): which
+    // cluster a group reads may have changed elsewhere, and which group a client
+    // belongs to may be known only to another instance so far.
+    let held = held || ctx.shared.holding();
     if held {
         let wait = req.max_wait_ms.clamp(0, MAX_HELD_FETCH_WAIT_MS) as u64;
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;

@@ -94,6 +94,8 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
     // virtual id; upstream gets this cluster's id for that producer.
     // Partitions answered by the proxy after all, with the error for each.
     let mut not_next: Vec<(TopicName, i32, i16)> = Vec::new();
+    // Producers whose first batch away from home is in this request.
+    let mut announce: Vec<i64> = Vec::new();
     for t in &mut req.topic_data {
         let logical = plan.logical(&t.name);
         for p in &mut t.partition_data {
@@ -162,7 +164,16 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
                     }
                 };
                 let up = match up {
-                    Ok(up) => up,
+                    Ok(up) => {
+                        let home = producers::from_virtual(h.producer_id).0;
+                        if home != here_idx
+                            && ctx.shared.coordinator().is_some()
+                            && ctx.shared.producers().needs_announcing(h.producer_id)
+                        {
+                            announce.push(h.producer_id);
+                        }
+                        up
+                    }
                     Err(code) => {
                         not_next.push((logical.clone(), p.index, code));
                         sent.clear();
@@ -218,6 +229,16 @@ pub(crate) async fn produce(ctx: &mut Ctx<'_>, frame: &RequestFrame) -> Result<A
     }
     if !plan.sent.is_empty() {
         plan.producers = Some(ctx.shared.producers().clone());
+    }
+    if let (Some(c), false) = (ctx.shared.coordinator(), announce.is_empty()) {
+        // Before the first batch away from home goes up: another instance taking
+        // the producer over must not write home under the home id.
+        if let Err(e) = c.announce_relocated(&announce).await {
+            tracing::warn!(error = %e, "could not announce producers writing away from home; retried with their next batch");
+            for v in &announce {
+                ctx.shared.producers().unannounce(*v);
+            }
+        }
     }
 
     if req.topic_data.is_empty() {

@@ -13,7 +13,18 @@
 //!   version's produce flip fences, and its batches to the old cluster completed;
 //! - `mark.<topic>`: the topic's switch mark, measured once every live instance
 //!   acknowledged;
-//! - `release`: `{"version"}`, the fences up to that version are over.
+//! - `release`: `{"version"}`, the fences up to that version are over;
+//! - `group.<group>`: a group switch's latest phase ([`GroupPhase`]), by the
+//!   leader driving it;
+//! - `gstat.<id>/<group>`: what one instance sees of a switching group's clients
+//!   ([`GroupStat`]);
+//! - `producer-ids.key`: the key virtual producer ids are tagged under (the first
+//!   record wins);
+//! - `relocated.<virtual id>`: a producer has written away from its home cluster;
+//! - `link.<digest>`: a client identity's membership of a group ([`SharedLink`]).
+//!
+//! Membership and leadership are not records: they come from a Kafka group
+//! (`switch::membership`).
 //!
 //! This module is the log client and what an instance knows of the others; the
 //! loops that follow the log and publish to it are in `control::coordination`.
@@ -58,6 +69,32 @@ pub const PRODUCER_KEY: &str = "producer-ids.key";
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ProducerKey {
     pub key: [u8; 32],
+}
+
+/// Key prefix of a virtual producer id that has written away from its home
+/// cluster (`Producers::mark_relocated`).
+pub const RELOCATED_PREFIX: &str = "relocated.";
+
+/// Key prefix of a client identity's link to a group, confirmed by one instance
+/// (followed by a digest of the identity and group).
+pub const LINK_PREFIX: &str = "link.";
+
+/// A group link shared between instances.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SharedLink {
+    pub identity: crate::switch::identity::IdentityKey,
+    pub group: String,
+}
+
+impl SharedLink {
+    /// The record key: one per (identity, group), so compaction keeps one each.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).expect("serializes");
+        let digest = sha2::Sha256::digest(&json);
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{LINK_PREFIX}{hex}")
+    }
 }
 
 /// Key prefix of a group switch's latest phase, written by the leader driving it.
@@ -406,7 +443,7 @@ impl Coordinator {
         }
     }
 
-    /// Whether this instance holds every write and group request: it is not a member
+    /// Whether this instance holds every write, fetch and group request: it is not a member
     /// of the coordination group (not yet, or no longer: cut off from the
     /// coordination cluster, paused, removed), or it has not read the log since it
     /// became one. The others may be switching without it, so it serves nothing
@@ -468,6 +505,19 @@ impl Coordinator {
             })
             .cloned()
             .collect()
+    }
+
+    /// Tells every instance that these producers write away from their home
+    /// cluster, before their first such batch goes upstream.
+    pub async fn announce_relocated(&self, vpids: &[i64]) -> Result<(), String> {
+        for v in vpids {
+            self.publish(
+                &format!("{RELOCATED_PREFIX}{v}"),
+                &serde_json::json!({"virtual_id": v}),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Writes a record to the shared log.

@@ -12,9 +12,9 @@
 //! An instance knows when it may have been removed without hearing of it: its
 //! membership counts from the moment it *sent* its latest heartbeat that was
 //! answered, and lapses a tenth of the session timeout before the coordinator could
-//! remove it. While it has lapsed, the instance does not serve writes or group
-//! requests (see `Coordinator::holds`), because the others may be switching without
-//! it.
+//! remove it. While it has lapsed, the instance does not serve writes, fetches or
+//! group requests (see `Coordinator::holds`), because the others may be switching
+//! without it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -211,6 +211,31 @@ impl Membership {
             .map(|i| (String::new(), Some(i.clone())))
             .collect();
         ops::remove_members(&self.cluster, &self.group, &members, self.timeout).await
+    }
+
+    /// Leaves the group (a clean stop): the others go on without waiting for this
+    /// instance's session to expire.
+    pub async fn leave(&self) {
+        let member_id = self.member_id();
+        if member_id.is_empty() {
+            return;
+        }
+        let me = [(member_id, Some(self.instance.clone()))];
+        match ops::remove_members(&self.cluster, &self.group, &me, self.timeout).await {
+            Ok(()) => tracing::info!(group = %self.group, "coordination: left the group"),
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "coordination: could not leave the group; the others wait for this instance's session to expire")
+            }
+        }
+        self.set_view(None, None);
+    }
+
+    fn member_id(&self) -> String {
+        self.state
+            .lock()
+            .expect("membership lock")
+            .member_id
+            .clone()
     }
 
     fn group_id(&self) -> GroupId {

@@ -70,7 +70,7 @@ impl Default for IdentityLimits {
 const IDENTITY_OVERHEAD: usize = 128;
 const LINK_OVERHEAD: usize = 48;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct IdentityKey {
     pub principal: Option<String>,
     pub client_id: String,
@@ -202,14 +202,33 @@ impl Registry {
 pub struct Identities {
     inner: Arc<Mutex<Registry>>,
     limits: IdentityLimits,
+    /// With `[coordination]`: where new links go, to be shared with the other
+    /// instances (a client's connections may land on several).
+    shared: Arc<Mutex<Option<LinkSender>>>,
 }
+
+/// Where new links go to be shared (`Identities::share_links`).
+pub type LinkSender = tokio::sync::mpsc::Sender<(IdentityKey, String)>;
 
 impl Identities {
     pub fn with_limits(limits: IdentityLimits) -> Identities {
         Identities {
             inner: Arc::default(),
             limits,
+            shared: Arc::default(),
         }
+    }
+
+    /// Sends every new link (not a refresh, not an adopted one) to `tx`, to be
+    /// published for the other instances (`[coordination]`).
+    pub fn share_links(&self, tx: LinkSender) {
+        *self.shared.lock().expect("identities share lock") = Some(tx);
+    }
+
+    /// A link another instance confirmed (`[coordination]`): the same as one
+    /// confirmed here, and not shared again.
+    pub fn adopt_link(&self, key: &IdentityKey, group: &str) {
+        self.link_at(key, group, Instant::now());
     }
 
     pub fn limits(&self) -> IdentityLimits {
@@ -295,6 +314,18 @@ impl Identities {
     }
 
     pub(crate) fn link_group_at(&self, key: &IdentityKey, group: &str, now: Instant) {
+        if self.link_at(key, group, now) {
+            if let Some(tx) = self.shared.lock().expect("identities share lock").as_ref() {
+                // A full queue drops the news: the client's next accepted group
+                // request on another instance links it there.
+                let _ = tx.try_send((key.clone(), group.to_string()));
+            }
+        }
+    }
+
+    /// Links or confirms; returns whether the link is new.
+    fn link_at(&self, key: &IdentityKey, group: &str, now: Instant) -> bool {
+        let mut new = false;
         self.update(key, now, |e, tick, limits| {
             e.reads = true;
             if let Some(l) = e.links.iter_mut().find(|l| l.group == group) {
@@ -324,7 +355,9 @@ impl Identities {
                 confirmed: now,
                 tick,
             });
+            new = true;
         });
+        new
     }
 
     /// Confirms an existing link again (a successful Heartbeat), creating nothing.

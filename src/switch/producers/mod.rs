@@ -176,6 +176,13 @@ struct Producer {
     tick: u64,
     used: Instant,
     bytes: usize,
+    /// This proxy took the producer over from another instance after it had
+    /// written away from its home (`[coordination]`, [`Producers::mark_relocated`]):
+    /// it does not know how far the home id's numbering went, so it writes home
+    /// under an id of its own, like any other cluster.
+    rehomed: bool,
+    /// That it writes away from home was published for the other instances.
+    announced: bool,
 }
 
 impl Producer {
@@ -187,6 +194,8 @@ impl Producer {
             tick,
             used: now,
             bytes: PRODUCER_OVERHEAD,
+            rehomed: false,
+            announced: false,
         }
     }
 }
@@ -277,6 +286,10 @@ pub struct Producers {
     limits: ProducerLimits,
     /// Signs the virtual ids this proxy issues ([`Producers::issue_id`]).
     keys: std::sync::RwLock<Keys>,
+    /// Virtual ids known (from other instances, `[coordination]`) to have written
+    /// away from their home cluster: their home id's numbering is not the
+    /// client's any more. At most `max_producers` of them.
+    relocated: Mutex<std::collections::HashSet<i64>>,
 }
 
 /// The key ids are issued under, and the earlier ones still accepted.
@@ -319,6 +332,46 @@ impl Producers {
                 issue: key,
                 earlier: Vec::new(),
             }),
+            relocated: Mutex::default(),
+        }
+    }
+
+    /// Another instance wrote `vpid`'s batches away from its home cluster: if this
+    /// proxy takes the producer over without state, it writes home under an id of
+    /// its own rather than the home id (whose numbering it cannot know), which
+    /// would answer OUT_OF_ORDER_SEQUENCE_NUMBER and fail the producer.
+    pub fn mark_relocated(&self, vpid: i64) {
+        let mut r = self.relocated.lock().expect("relocated lock");
+        if r.len() < self.limits.max_producers {
+            r.insert(vpid);
+        }
+    }
+
+    fn is_relocated(&self, vpid: i64) -> bool {
+        self.relocated
+            .lock()
+            .expect("relocated lock")
+            .contains(&vpid)
+    }
+
+    /// Whether a batch of `vpid` just planned away from home must be announced to
+    /// the other instances (the first one only); marks it announced.
+    pub fn needs_announcing(&self, vpid: i64) -> bool {
+        let mut t = self.inner.lock().expect("producers lock");
+        match t.map.get_mut(&vpid) {
+            Some(p) if !p.announced => {
+                p.announced = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// An announcement failed: the next batch away from home tries again.
+    pub fn unannounce(&self, vpid: i64) {
+        let mut t = self.inner.lock().expect("producers lock");
+        if let Some(p) = t.map.get_mut(&vpid) {
+            p.announced = false;
         }
     }
 
@@ -446,14 +499,23 @@ impl Producers {
         let mut guard = self.inner.lock().expect("producers lock");
         let table = &mut *guard;
         if !table.touch(batch.producer_id, now) {
-            if cluster != home {
+            let relocated = self.is_relocated(batch.producer_id);
+            if cluster != home || relocated {
                 if !self.verifies(batch.producer_id) {
                     return Err(PlanError::UnknownProducer);
                 }
-                // Issued by this proxy before it restarted (or evicted since): its
-                // tag proves it, so it gets state again, as at issue.
+                // Issued by this proxy before it restarted (or evicted since), or
+                // by another instance sharing its key: the tag proves it, so it
+                // gets state again, as at issue.
                 drop(guard);
                 self.issue_at(batch.producer_id, now);
+                if relocated {
+                    let mut t = self.inner.lock().expect("producers lock");
+                    if let Some(p) = t.map.get_mut(&batch.producer_id) {
+                        p.rehomed = true;
+                        p.announced = true;
+                    }
+                }
                 return self.plan_at(batch, topic, partition, cluster, now);
             }
             // The pure home mapping; nothing remembered (module docs).
@@ -483,7 +545,8 @@ impl Producers {
         let vpid = batch.producer_id;
         table.shrink(&self.limits, now, vpid);
         let producer = table.map.get_mut(&vpid).expect("kept by shrink");
-        let (pid, epoch) = if cluster == home {
+        let rehomed = producer.rehomed;
+        let (pid, epoch) = if cluster == home && !rehomed {
             (home_pid, batch.epoch)
         } else {
             let (pid, base_epoch, base_client) = *producer
@@ -499,7 +562,11 @@ impl Producers {
             client_epoch: batch.epoch,
             // At home the client's own numbering is the cluster's (also after a
             // proxy restart); elsewhere a fresh id starts at 0.
-            delta: if cluster == home { 0 } else { -(seq as i64) },
+            delta: if cluster == home && !rehomed {
+                0
+            } else {
+                -(seq as i64)
+            },
             next: HashMap::new(),
             acked_next: None,
         });

@@ -344,3 +344,38 @@ fn instances_sharing_an_adopted_key_recognise_each_others_ids() {
     a.adopt_key(shared);
     assert!(a.verifies(before) && a.verifies(after));
 }
+
+#[test]
+fn a_producer_taken_over_after_writing_away_from_home_writes_home_under_an_id_of_its_own() {
+    let key = [5u8; 32];
+    // Instance A issued the id at home (cluster 0) and moved the partition's writes
+    // to cluster 1, then back home: its home id's numbering lags the client's.
+    let a = Producers::with_key(ProducerLimits::default(), key);
+    let vpid = a.issue_id(3, 0);
+    a.issue(vpid);
+    write(&a, vpid, 0, 10, 0);
+    assert!(a.needs_announcing(vpid));
+    assert!(!a.needs_announcing(vpid), "announced once");
+    // Instance B, without state, before it heard: the pure home mapping.
+    let b = Producers::with_key(ProducerLimits::default(), key);
+    let u = b.plan(&header(vpid, 0, 500, 10), "a", 0, 0).unwrap();
+    assert_eq!((u.producer_id, u.base_sequence), (3, 500));
+    // Instance C, without state, once it heard the producer writes away from
+    // home: an id of its own at home too, numbered from 0.
+    let c = Producers::with_key(ProducerLimits::default(), key);
+    c.mark_relocated(vpid);
+    assert_eq!(
+        c.plan(&header(vpid, 0, 500, 10), "a", 0, 0),
+        Err(PlanError::NeedProducerId { cluster: 0 })
+    );
+    c.set_foreign(vpid, 0, 77, 0, 0);
+    let u = c.plan(&header(vpid, 0, 500, 10), "a", 0, 0).unwrap();
+    assert_eq!((u.producer_id, u.epoch, u.base_sequence), (77, 0, 0));
+    assert!(!c.needs_announcing(vpid), "nothing new to announce");
+    // A forged id is still refused, relocated or not.
+    c.mark_relocated(to_virtual(9, 0));
+    assert_eq!(
+        c.plan(&header(to_virtual(9, 0), 0, 0, 1), "a", 0, 0),
+        Err(PlanError::UnknownProducer)
+    );
+}
