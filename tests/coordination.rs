@@ -66,6 +66,15 @@ fn converge(proxies: &[Proxy], version: u64, timeout: Duration) -> Duration {
 
 /// Two clusters with `topics` on both, and three proxies named `name-gw-N`.
 fn fleet(name: &str, topics: &[&str]) -> (Cluster, Cluster, Vec<Proxy>) {
+    fleet_env(name, topics, &[])
+}
+
+/// [`fleet`], with extra environment for every proxy.
+fn fleet_env(
+    name: &str,
+    topics: &[&str],
+    env: &[(&'static str, String)],
+) -> (Cluster, Cluster, Vec<Proxy>) {
     let source = Cluster::start(KafkaVersion::V2_4, 1, &format!("{name}-source"));
     let target = Cluster::start(KafkaVersion::V3, 1, &format!("{name}-target"));
     for t in topics {
@@ -81,10 +90,11 @@ fn fleet(name: &str, topics: &[&str]) -> (Cluster, Cluster, Vec<Proxy>) {
     let proxies: Vec<Proxy> = INSTANCES
         .iter()
         .map(|i| {
-            Proxy::start(
+            Proxy::start_env(
                 &format!("{name}-{i}"),
                 &config(&source, &target, i, ""),
                 &ids,
+                env,
             )
         })
         .collect();
@@ -251,9 +261,13 @@ fn every_record_acknowledged<'a>(produced: impl Iterator<Item = &'a Value>) {
 }
 
 /// Every acknowledged record of `topic` stored exactly once over both clusters
-/// (`expected` in all), some on the target, and per key every record on the source
-/// before every record on the target.
-fn stored_once_in_key_order(source: &Cluster, target: &Cluster, topic: &str, expected: u64) {
+/// (`expected` in all), some on the target; returns what each holds.
+fn stored_once(
+    source: &Cluster,
+    target: &Cluster,
+    topic: &str,
+    expected: u64,
+) -> (Vec<rdk::Stored>, Vec<rdk::Stored>) {
     let on_source = rdk::dump(&source.bootstrap(), topic);
     let on_target = rdk::dump(&target.bootstrap(), topic);
     let mut all: Vec<&str> = on_source
@@ -270,6 +284,13 @@ fn stored_once_in_key_order(source: &Cluster, target: &Cluster, topic: &str, exp
         !on_target.is_empty(),
         "nothing reached the target after the flip"
     );
+    (on_source, on_target)
+}
+
+/// [`stored_once`], and per key every record on the source before every record
+/// on the target (one flip, source to target).
+fn stored_once_in_key_order(source: &Cluster, target: &Cluster, topic: &str, expected: u64) {
+    let (on_source, on_target) = stored_once(source, target, topic, expected);
     let seq = |r: &rdk::Stored| -> (String, u64) {
         let (k, n) = r.value.split_once('|').unwrap();
         (k.to_string(), n.parse().unwrap())
@@ -612,6 +633,11 @@ fn a_group_switch_across_three_sidecars() {
         (produced, consumed)
     });
     every_record_acknowledged(produced.iter());
+    // Read both clusters directly: every acknowledged record once (its writes went
+    // to the target and back), and the forward flip's marks are the target's end
+    // offsets before its first write of the topic, on every instance.
+    stored_once(&source, &target, topic, expect);
+    same_marks_at_zero(&proxies, topic);
     let last = consumed.last().unwrap();
     println!("coordination: the group read {last}");
     assert_eq!(last["unique"].as_u64(), Some(expect), "{consumed:?}");
@@ -731,6 +757,128 @@ fn gateway_replicas_restarted_one_by_one_mid_migration() {
     // replica is shared with the others, so their fetches follow the group).
     assert_eq!(last["duplicates"].as_u64(), Some(0), "{consumed:?}");
     assert_eq!(last["order_violations"].as_u64(), Some(0), "{consumed:?}");
+    for p in &proxies {
+        p.stop();
+    }
+}
+
+/// The leader driving a group switch is SIGKILLed before the flip (quiescing,
+/// committed) and after it (flipped): once its session expires, the new leader
+/// resumes the switch from its recorded phase (from the start before the flip, the
+/// settling after it) and every instance ends with the switch done; the killed
+/// instance, restarted, reads that from the log. Each phase is held 2.5 s on the
+/// driver (a test hook) so the kill lands in it. The group, read in parts between
+/// switches, reads every record once.
+#[test]
+fn the_leader_killed_during_a_group_switch() {
+    let _serial = harness::serial();
+    let pause = [("SWITCHYARD_TEST_PHASE_PAUSE_MS", "2500".to_string())];
+    let (source, target, proxies) = fleet_env("lead", &[], &pause);
+    let (topic, group) = ("killed", "kill-g");
+    const N: u64 = 3_000;
+    for c in [&source, &target] {
+        create_topic_direct(c, topic, 2);
+        assert_eq!(rdk::produce(&c.bootstrap(), topic, N, 10, "k")["acked"], N);
+    }
+    let seen = std::sync::Arc::new(rdk::Seen::default());
+    // The leader every instance agrees on (a restarted one rejoins first).
+    let leader = |ps: &[&Proxy]| -> usize {
+        let started = Instant::now();
+        loop {
+            let names: Vec<Option<String>> = ps
+                .iter()
+                .map(|p| coord(p)["leader"].as_str().map(str::to_string))
+                .collect();
+            if names[0].is_some() && names.iter().all(|n| *n == names[0]) {
+                return INSTANCES
+                    .iter()
+                    .position(|i| Some(i.to_string()) == names[0])
+                    .expect("a known instance");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no leader: {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut at = "source";
+    for phase in ["quiescing", "committed", "flipped"] {
+        let all: Vec<&Proxy> = proxies.iter().collect();
+        let lead = leader(&all);
+        let other = (lead + 1) % 3;
+        let v = rdk::consume(
+            &proxies[other].bootstrap,
+            topic,
+            group,
+            1,
+            N,
+            Some(500),
+            &seen,
+            Duration::from_secs(60),
+        );
+        assert_eq!(v["duplicates"], 0, "{v}");
+        let to = if at == "source" { "target" } else { "source" };
+        let (code, body) = proxies[other].http_body(
+            "POST",
+            &format!("/switch/group/{group}"),
+            &format!(r#"{{"to": "{to}", "offsets": "identity", "when": "now"}}"#),
+        );
+        assert!(code == 200 || code == 202, "{code} {body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = group_switch(&proxies[lead], group);
+            if s.as_ref()
+                .is_some_and(|s| s["to"] == to && s["phase"] == phase)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never saw phase {phase}: {s:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proxies[lead].stop();
+        let others: Vec<usize> = (0..3).filter(|i| *i != lead).collect();
+        let started = Instant::now();
+        loop {
+            let done = others.iter().all(|i| {
+                group_switch(&proxies[*i], group)
+                    .is_some_and(|s| s["to"] == to && s["phase"] == "done")
+            });
+            if done {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "switch not finished without its leader (killed at {phase})"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        println!(
+            "coordination: leader killed at {phase}; the new leader finished the switch after {:?}",
+            started.elapsed()
+        );
+        proxies[lead].start_again();
+        group_done_everywhere(&proxies, group, to, Duration::from_secs(60));
+        at = to;
+    }
+    let any = &proxies[0];
+    let v = rdk::consume(
+        &any.bootstrap,
+        topic,
+        group,
+        1,
+        N,
+        None,
+        &seen,
+        Duration::from_secs(60),
+    );
+    assert_eq!(v["unique"].as_u64(), Some(N), "{v}");
+    assert_eq!(v["duplicates"].as_u64(), Some(0), "{v}");
+    let logs: String = proxies.iter().map(|p| p.log_text()).collect();
+    assert!(
+        logs.contains("group switch taken over after its flip"),
+        "a new leader settled a flipped switch"
+    );
     for p in &proxies {
         p.stop();
     }

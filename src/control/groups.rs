@@ -86,7 +86,8 @@ impl Proxy {
             .lock()
             .expect("group phases lock")
             .insert(group.clone(), p.clone());
-        if p.by == c.config.instance {
+        if p.by == c.config.instance && p.run == c.run {
+            // Written by this process, which applied it before writing it.
             return;
         }
         let phase = p.switch.phase;

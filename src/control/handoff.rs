@@ -119,6 +119,7 @@ impl Driver<'_> {
             assignor: self.assignor.clone(),
             had_members: self.had_members,
             by: c.config.instance.clone(),
+            run: c.run,
         };
         let key = format!("{GROUP_PREFIX}{}", self.sw.group);
         c.publish(&key, &record).await.map_err(|e| {
@@ -464,7 +465,11 @@ async fn follow(d: &mut Driver<'_>, c: &Coordinator) -> Turn {
             return match recorded {
                 Some(p) if p.switch.phase.finished() => Turn::Over,
                 Some(p) if p.switch.phase >= Phase::Flipped => {
+                    // The recorded switch, under this instance's own start time
+                    // (what names it in this instance's state and registry).
+                    let started = d.sw.started_at_ms;
                     d.sw = p.switch;
+                    d.sw.started_at_ms = started;
                     d.eager = p.eager;
                     d.old_members = p.old_members;
                     d.assignor = p.assignor;

@@ -120,6 +120,10 @@ pub struct GroupPhase {
     pub had_members: bool,
     /// The instance driving the switch.
     pub by: String,
+    /// Which run of that instance (a process start) wrote it: an instance applies
+    /// its own records from before a restart like anyone else's.
+    #[serde(default)]
+    pub run: u64,
 }
 
 /// What one instance sees of a group switch: the members connected through it.
@@ -414,6 +418,8 @@ pub struct Coordinator {
     /// last read to its end: an instance that (re)joins reads what it missed before
     /// it serves writes again.
     caught: AtomicU64,
+    /// This process's run, distinct from every earlier start of the instance.
+    pub run: u64,
     /// Whether the shared producer-id key has been read and adopted: until then
     /// this instance holds, as if not yet a member.
     pub keyed: std::sync::atomic::AtomicBool,
@@ -440,6 +446,7 @@ impl Coordinator {
             group_stats: Mutex::new(BTreeMap::new()),
             caught: AtomicU64::new(0),
             keyed: std::sync::atomic::AtomicBool::new(false),
+            run: rand::random(),
         }
     }
 
