@@ -762,8 +762,9 @@ fn gateway_replicas_restarted_one_by_one_mid_migration() {
     }
 }
 
-/// The leader driving a group switch is SIGKILLed before the flip (quiescing,
-/// committed) and after it (flipped): once its session expires, the new leader
+/// The leader driving a group switch is SIGKILLed at every phase: before the flip
+/// (quiescing, leaving, translated, committed) and after it (flipped). Once its
+/// session expires, the new leader
 /// resumes the switch from its recorded phase (from the start before the flip, the
 /// settling after it) and every instance ends with the switch done; the killed
 /// instance, restarted, reads that from the log. Each phase is held 2.5 s on the
@@ -803,7 +804,7 @@ fn the_leader_killed_during_a_group_switch() {
         }
     };
     let mut at = "source";
-    for phase in ["quiescing", "committed", "flipped"] {
+    for phase in ["quiescing", "leaving", "translated", "committed", "flipped"] {
         let all: Vec<&Proxy> = proxies.iter().collect();
         let lead = leader(&all);
         let other = (lead + 1) % 3;
