@@ -459,15 +459,15 @@ impl Coordinator {
         if !self.keyed.load(Ordering::Acquire) {
             return true;
         }
-        match self.membership.current() {
-            Some((_, joins)) => self.caught.load(Ordering::Acquire) != joins,
+        match self.membership.joins() {
+            Some(joins) => self.caught.load(Ordering::Acquire) != joins,
             None => true,
         }
     }
 
     /// The membership count to record once the log has been read to its end.
     pub fn joins_now(&self) -> Option<u64> {
-        self.membership.current().map(|(_, j)| j)
+        self.membership.joins()
     }
 
     /// Records that the log was read to its end during membership `joins`.

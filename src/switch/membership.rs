@@ -125,18 +125,23 @@ impl Membership {
     /// The current view, while this instance is a member whose membership has not
     /// lapsed.
     pub fn view(&self) -> Option<View> {
-        self.current().map(|(v, _)| v)
+        let s = self.state.lock().expect("membership lock");
+        if self.fresh(&s) {
+            s.view.clone()
+        } else {
+            None
+        }
     }
 
-    /// The current view and how many times this instance has become a member, while
-    /// its membership has not lapsed.
-    pub fn current(&self) -> Option<(View, u64)> {
+    /// How many times this instance has become a member, while it is one and its
+    /// membership has not lapsed; nothing copied (every request asks).
+    pub fn joins(&self) -> Option<u64> {
         let s = self.state.lock().expect("membership lock");
-        let fresh = s.confirmed.is_some_and(|t| t.elapsed() < self.lapse());
-        match &s.view {
-            Some(v) if fresh => Some((v.clone(), s.joins)),
-            _ => None,
-        }
+        (self.fresh(&s) && s.view.is_some()).then_some(s.joins)
+    }
+
+    fn fresh(&self, s: &State) -> bool {
+        s.confirmed.is_some_and(|t| t.elapsed() < self.lapse())
     }
 
     /// The view last handed out, lapsed or not (for `/status`).
